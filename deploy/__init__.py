@@ -1,0 +1,39 @@
+"""What users write: `from ostinato.deploy import flow, task, Deployment, Cron, get_run_logger`.
+
+Names are loaded on first use (PEP 562), so importing one submodule — the CLI's error types, the
+runner's context — does not pay for the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "flow": "flows", "task": "flows", "Flow": "flows", "Task": "flows",
+    "Deployment": "deployment",
+    "Cron": "schedules", "Interval": "schedules", "RRule": "schedules",
+    "get_run_logger": "context", "get_run_context": "context",
+    "StateType": "states",
+}
+
+__all__ = [
+    "Cron", "Deployment", "Flow", "Interval", "RRule", "StateType", "Task",
+    "flow", "get_run_context", "get_run_logger", "task",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ostinato.deploy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ostinato.deploy.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from ostinato.deploy.context import get_run_context, get_run_logger
+    from ostinato.deploy.deployment import Deployment
+    from ostinato.deploy.flows import Flow, Task, flow, task
+    from ostinato.deploy.schedules import Cron, Interval, RRule
+    from ostinato.deploy.states import StateType

@@ -1,0 +1,95 @@
+"""The HTTP client every Ostinato command (and agent) uses to talk to the server.
+
+Thin on purpose: it knows the base URL, the API key and how to turn an error response or an
+unreachable server into the matching OstinatoError with a one-line message. The transport is
+injectable, so tests can run it against the ASGI app in-process as well as over real sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ostinato.deploy.errors import NotFound, ServerUnreachable, error_for_status
+from ostinato.deploy.settings import Settings
+
+
+class Client:
+    def __init__(self, api_url: str | None = None, api_key: str | None = None, *,
+                 transport: httpx.BaseTransport | None = None, timeout: float = 30.0) -> None:
+        if api_url is None or api_key is None:
+            settings = Settings()
+            api_url = api_url or settings.api_url
+            api_key = api_key or settings.api_key
+        self.api_url = api_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; errors come back as OstinatoError subclasses, never as httpx ones."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach the Ostinato server at {self.api_url} ({_reason(exc)}); "
+                "is it running? (ostinato server start, or set OSTINATO_API_URL)"
+            ) from None
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, _detail(response))
+        return response
+
+    def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None and v != []}
+        return self.request("GET", path, params=clean).json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return _json(self.request("POST", path, json=body))
+
+    def put(self, path: str, body: Any = None) -> Any:
+        return _json(self.request("PUT", path, json=body))
+
+    def patch(self, path: str, body: Any) -> Any:
+        return _json(self.request("PATCH", path, json=body))
+
+    def delete(self, path: str) -> None:
+        self.request("DELETE", path)
+
+    def has_bundle(self, sha256: str) -> bool:
+        try:
+            self.request("GET", f"/bundles/{sha256}/info")
+        except NotFound:
+            return False
+        return True
+
+    def upload_bundle(self, sha256: str, data: bytes) -> None:
+        self.request("PUT", f"/bundles/{sha256}", content=data,
+                     headers={"Content-Type": "application/octet-stream"})
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json() if response.content else None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    text = detail if isinstance(detail, str) else response.text or response.reason_phrase
+    return text.splitlines()[0] if text else f"HTTP {response.status_code}"
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,225 @@
+"""Wire schemas (DESIGN.md §10): what the API accepts and returns, and what `--json` prints.
+
+Input models refuse unknown fields and out-of-range values, so bad requests become 422s with a
+message, never a 500 from deeper down.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from ostinato.deploy.schedules import Schedule
+from ostinato.deploy.states import StateType
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,]{1,100}$")]
+DeploymentName = Annotated[str, StringConstraints(pattern=r"^[^/\s]{1,100}/[^/\s]{1,100}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Seconds = Annotated[float, Field(ge=0, le=366 * 86400)]
+JsonObject = dict[str, Any]
+
+OverlapPolicy = Literal[
+    "allow", "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other"
+]
+CatchupPolicy = Literal["all", "latest", "none"]
+RetryOn = Literal["failure", "crash", "timeout"]
+
+DEPLOYMENT_NAME_RE = re.compile(r"^([^/]+)/([^/]+)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentSpec(Strict):
+    """What `deployment create` sends: one deployment, upserted by `flow/name`."""
+
+    flow: Name
+    name: Name
+    entrypoint: Annotated[str, StringConstraints(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_.]*$")]
+    bundle: Sha256 | None = None
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    parameters: JsonObject = {}
+    parameter_schema: JsonObject = {}
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+    schedules: Annotated[list[Schedule], Field(max_length=50)] = []
+    paused: bool = False
+    overlap: OverlapPolicy = "allow"
+    catchup: CatchupPolicy = "latest"
+    misfire_grace: Seconds = 300.0
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    retry_delay: Seconds = 0.0
+    retry_on: list[RetryOn] = ["failure", "crash"]
+    timeout: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
+    env: dict[str, str] = {}
+    description: Annotated[str, StringConstraints(max_length=10_000)] = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentSpec:
+        if (self.bundle is None) == (self.path is None):
+            raise ValueError("a deployment needs exactly one of bundle (sha256) or path")
+        slugs = [s.slug for s in self.schedules]
+        duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"schedule slugs must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+class DeploymentUpdate(Strict):
+    """A partial edit; fields left out keep their value."""
+
+    parameters: JsonObject | None = None
+    tags: Annotated[list[Tag], Field(max_length=50)] | None = None
+    schedules: Annotated[list[Schedule], Field(max_length=50)] | None = None
+    overlap: OverlapPolicy | None = None
+    catchup: CatchupPolicy | None = None
+    misfire_grace: Seconds | None = None
+    retries: Annotated[int, Field(ge=0, le=100)] | None = None
+    retry_delay: Seconds | None = None
+    timeout: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
+    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+
+class Deployment(BaseModel):
+    id: UUID
+    name: str  # flow/deployment
+    flow: str
+    entrypoint: str
+    bundle: str | None
+    path: str | None
+    parameters: JsonObject
+    parameter_schema: JsonObject
+    tags: list[str]
+    schedules: list[Schedule]
+    paused: bool
+    overlap: OverlapPolicy
+    catchup: CatchupPolicy
+    misfire_grace: float
+    retries: int
+    retry_delay: float
+    retry_on: list[RetryOn]
+    timeout: float | None
+    env: dict[str, str]
+    description: str
+    created: datetime
+    updated: datetime
+
+
+class ApplyResult(BaseModel):
+    """The outcome of upserting a file's deployments: which were created, changed or left alone."""
+
+    created: list[str] = []
+    updated: list[str] = []
+    unchanged: list[str] = []
+    deployments: list[Deployment] = []
+
+
+class ManualRunRequest(Strict):
+    """A run now, at a given time, or after a delay measured on the server's clock."""
+
+    parameters: JsonObject = {}
+    scheduled_time: AwareDatetime | None = None
+    start_in: Seconds | None = None
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+
+    @model_validator(mode="after")
+    def _one_time(self) -> ManualRunRequest:
+        if self.scheduled_time is not None and self.start_in is not None:
+            raise ValueError("give scheduled_time or start_in, not both")
+        return self
+
+
+class FlowRun(BaseModel):
+    id: UUID
+    name: str
+    flow: str
+    deployment: str | None
+    deployment_id: UUID | None
+    state: StateType
+    state_name: str
+    reason: str | None
+    attempt: int
+    schedule: str | None
+    scheduled_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    parameters: JsonObject
+    tags: list[str]
+    work_queue: str | None
+    agent: str | None
+    auto_scheduled: bool
+    created: datetime
+
+
+class StateRecord(BaseModel):
+    type: StateType
+    name: str
+    reason: str | None
+    message: str | None
+    timestamp: datetime
+    actor: str | None
+    attempt: int
+
+
+class WorkQueueFilter(Strict):
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+    exclude_tags: Annotated[list[Tag], Field(max_length=50)] = []
+    deployments: Annotated[list[DeploymentName], Field(max_length=500)] = []
+    flows: Annotated[list[Name], Field(max_length=500)] = []
+
+
+Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+ConcurrencyLimit = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class WorkQueueSpec(Strict):
+    name: Name
+    filter: WorkQueueFilter = WorkQueueFilter()
+    priority: Priority = 10
+    concurrency_limit: ConcurrencyLimit | None = None
+    paused: bool = False
+    description: Annotated[str, StringConstraints(max_length=10_000)] = ""
+
+
+class WorkQueueUpdate(Strict):
+    """A partial edit; `concurrency_limit: null` removes the limit, leaving it out keeps it."""
+
+    filter: WorkQueueFilter | None = None
+    priority: Priority | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
+    paused: bool | None = None
+    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+
+class WorkQueue(BaseModel):
+    id: UUID
+    name: str
+    filter: WorkQueueFilter
+    priority: int
+    concurrency_limit: int | None
+    paused: bool
+    description: str
+    created: datetime
+    updated: datetime
+
+
+class BundleInfo(BaseModel):
+    sha256: str
+    size: int
+    created: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    database: Literal["sqlite", "postgresql"]

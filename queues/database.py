@@ -1,0 +1,105 @@
+"""Engines for SQLite and PostgreSQL, and the two ways to use them: read and write transactions.
+
+The backends differ by a few flags, not by class trees. SQLite gets WAL, foreign keys and a busy
+timeout, and every write transaction starts with `BEGIN IMMEDIATE` so writers queue for the lock
+up front instead of failing with "database is locked" half-way; within one process writers also
+take a lock, so they wait their turn without spinning on SQLite's busy handler. PostgreSQL gets
+row locks with `FOR UPDATE SKIP LOCKED` where processes compete.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass
+class Database:
+    """An engine plus what the code needs to know about its backend."""
+
+    engine: Engine
+    _write_lock: threading.Lock | None = field(default=None, repr=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def skip_locked(self) -> bool:
+        """Whether row locks can skip rows other transactions hold (PostgreSQL)."""
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (`BEGIN IMMEDIATE` on SQLite); rolled back if the block raises."""
+        with self._write_lock or nullcontext(), self.engine.connect() as conn:
+            conn.execution_options(ostinato_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent snapshot; readers never block writers in WAL mode."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def connect(url: str, **engine_options: Any) -> Database:
+    """Open a database by URL; a SQLite file's folder is created if missing."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _connect_sqlite(url, engine_options)
+    if parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **engine_options)
+    return Database(engine)
+
+
+def _connect_sqlite(url: str, engine_options: dict[str, Any]) -> Database:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        poolclass=NullPool if database in (None, "", ":memory:") else None,
+        **engine_options,
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return Database(engine, threading.Lock())
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's implicit BEGIN is turned off; _begin_sqlite_transaction emits our own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _begin_sqlite_transaction(conn: Connection) -> None:
+    # A writer takes the write lock at BEGIN, so it waits (busy_timeout) instead of failing later
+    # when a read lock cannot be upgraded.
+    write = conn.get_execution_options().get("ostinato_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

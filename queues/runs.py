@@ -1,0 +1,174 @@
+"""Flow runs in the store: creating them, moving them between states, reading them back.
+
+Every state change goes through `set_state`/`set_states`, which update the run row and append to
+the state history in the same transaction — the history is never rewritten.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Select, Text, cast, func, insert, select, update
+
+from ostinato.deploy.errors import NotFound
+from ostinato.deploy.schemas import FlowRun, StateRecord
+from ostinato.deploy.states import LATE_NAME, StateType
+from ostinato.queues.tables import flow_run_states, flow_runs, utcnow
+
+DEFAULT_LATE_AFTER = timedelta(seconds=15)
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What `flow-run ls` and `GET /api/flow-runs` may filter on; every field is optional."""
+
+    states: Sequence[StateType] = ()
+    deployment: str | None = None
+    flow: str | None = None
+    tag: str | None = None
+    scheduled_after: datetime | None = None
+    scheduled_before: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def new_run_values(**values: Any) -> dict[str, Any]:
+    """Column values of a fresh SCHEDULED run; callers give identity, times, parameters, tags."""
+    now = utcnow()
+    return {
+        "id": uuid.uuid4(),
+        "state": StateType.SCHEDULED.value,
+        "state_name": StateType.SCHEDULED.display_name,
+        "attempt": 1,
+        "fencing_token": 0,
+        "created": now,
+        "updated": now,
+        **values,
+    }
+
+
+def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]], actor: str) -> None:
+    """Insert new SCHEDULED runs with their first history entry."""
+    if not runs:
+        return
+    conn.execute(insert(flow_runs), list(runs))
+    _append_history(conn, ((r["id"], r["attempt"]) for r in runs), StateType.SCHEDULED,
+                    reason=None, message=None, actor=actor)
+
+
+def set_states(
+    conn: Connection,
+    where: Any,
+    state: StateType,
+    *,
+    reason: str | None = None,
+    message: str | None = None,
+    actor: str | None = None,
+    **values: Any,
+) -> list[uuid.UUID]:
+    """Move every run matching `where` to `state`; returns the ids it moved."""
+    now = utcnow()
+    moved = conn.execute(
+        update(flow_runs)
+        .where(where)
+        .values(state=state.value, state_name=state.display_name, reason=reason, updated=now,
+                **values)
+        .returning(flow_runs.c.id, flow_runs.c.attempt)
+    ).all()
+    _append_history(conn, ((row.id, row.attempt) for row in moved), state,
+                    reason=reason, message=message, actor=actor)
+    return [row.id for row in moved]
+
+
+def _append_history(
+    conn: Connection,
+    runs: Iterable[tuple[uuid.UUID, int]],
+    state: StateType,
+    *,
+    reason: str | None,
+    message: str | None,
+    actor: str | None,
+) -> None:
+    now = utcnow()
+    entries = [
+        {"flow_run_id": run_id, "type": state.value, "name": state.display_name, "reason": reason,
+         "message": message, "timestamp": now, "actor": actor, "attempt": attempt}
+        for run_id, attempt in runs
+    ]
+    if entries:
+        conn.execute(insert(flow_run_states), entries)
+
+
+def get_run(conn: Connection, run_id: uuid.UUID, *, late_after: timedelta = DEFAULT_LATE_AFTER
+            ) -> FlowRun:
+    row = conn.execute(select(flow_runs).where(flow_runs.c.id == run_id)).first()
+    if row is None:
+        raise NotFound(f"flow run {run_id} not found")
+    return to_schema(row._mapping, utcnow() - late_after)
+
+
+def list_runs(conn: Connection, run_filter: RunFilter, *,
+              late_after: timedelta = DEFAULT_LATE_AFTER) -> list[FlowRun]:
+    """Runs matching the filter, newest scheduled time first, one page at a time."""
+    query = _filtered(select(flow_runs), run_filter)
+    query = query.order_by(flow_runs.c.scheduled_time.desc(), flow_runs.c.id)
+    query = query.limit(min(run_filter.limit, MAX_PAGE)).offset(run_filter.offset)
+    late_before = utcnow() - late_after
+    return [to_schema(row._mapping, late_before) for row in conn.execute(query)]
+
+
+def count_runs(conn: Connection, run_filter: RunFilter) -> int:
+    query = _filtered(select(func.count()).select_from(flow_runs), run_filter)
+    return int(conn.execute(query).scalar_one())
+
+
+def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
+    c = flow_runs.c
+    conditions = [
+        c.state.in_([s.value for s in f.states]) if f.states else None,
+        c.deployment_name == f.deployment if f.deployment else None,
+        c.flow_name == f.flow if f.flow else None,
+        c.scheduled_time >= f.scheduled_after if f.scheduled_after else None,
+        c.scheduled_time < f.scheduled_before if f.scheduled_before else None,
+        c.parent_run_id == f.parent_run_id if f.parent_run_id else None,
+        _has_tag(f.tag) if f.tag else None,
+    ]
+    return query.where(*(condition for condition in conditions if condition is not None))
+
+
+def _has_tag(tag: str) -> Any:
+    # Both backends store tags as a JSON array; `contains` on JSON is not portable, so the test
+    # is on the serialised text with the tag quoted (tags cannot contain quotes or whitespace).
+    return cast(flow_runs.c.tags, Text).contains(f'"{tag}"')
+
+
+def state_history(conn: Connection, run_id: uuid.UUID) -> list[StateRecord]:
+    get_run(conn, run_id)
+    rows = conn.execute(
+        select(flow_run_states)
+        .where(flow_run_states.c.flow_run_id == run_id)
+        .order_by(flow_run_states.c.id)
+    )
+    return [StateRecord.model_validate(row._mapping, from_attributes=False) for row in rows]
+
+
+def to_schema(row: Any, late_before: datetime) -> FlowRun:
+    """A run row as the API shows it; a SCHEDULED run past the late threshold is named Late."""
+    state = StateType(row["state"])
+    late = state is StateType.SCHEDULED and row["scheduled_time"] < late_before
+    return FlowRun(
+        id=row["id"], name=row["name"], flow=row["flow_name"], deployment=row["deployment_name"],
+        deployment_id=row["deployment_id"], state=state,
+        state_name=LATE_NAME if late else row["state_name"], reason=row["reason"],
+        attempt=row["attempt"], schedule=row["schedule_slug"],
+        scheduled_time=row["scheduled_time"], start_time=row["start_time"],
+        end_time=row["end_time"], parameters=row["parameters"], tags=row["tags"],
+        work_queue=row["work_queue"], agent=row["agent_name"],
+        auto_scheduled=row["auto_scheduled"], created=row["created"],
+    )

@@ -1,0 +1,51 @@
+"""`/api/flow-runs`: list with filters and paging, read one, its state history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from ostinato.deploy.schemas import FlowRun, StateRecord
+from ostinato.deploy.states import StateType
+from ostinato.queues import runs
+from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, as_utc, late_after
+
+router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
+
+
+@router.get("", response_model=list[FlowRun])
+def list_all(
+    database: DatabaseDep,
+    settings: SettingsDep,
+    state: Annotated[list[StateType], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    deployment: str | None = None,
+    flow: str | None = None,
+    tag: str | None = None,
+    after: Annotated[datetime | None, Query(description="scheduled at or after")] = None,
+    before: Annotated[datetime | None, Query(description="scheduled before")] = None,
+    parent: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=runs.MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[FlowRun]:
+    """Runs, newest scheduled time first."""
+    run_filter = runs.RunFilter(
+        states=state, deployment=deployment, flow=flow, tag=tag, scheduled_after=as_utc(after),
+        scheduled_before=as_utc(before), parent_run_id=parent, limit=limit, offset=offset,
+    )
+    with database.read() as conn:
+        return runs.list_runs(conn, run_filter, late_after=late_after(settings))
+
+
+@router.get("/{run_id}", response_model=FlowRun)
+def read(run_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep) -> FlowRun:
+    with database.read() as conn:
+        return runs.get_run(conn, run_id, late_after=late_after(settings))
+
+
+@router.get("/{run_id}/states", response_model=list[StateRecord])
+def history(run_id: uuid.UUID, database: DatabaseDep) -> list[StateRecord]:
+    with database.read() as conn:
+        return runs.state_history(conn, run_id)

@@ -1,0 +1,110 @@
+"""Fixtures shared by the suite: real databases and real HTTP servers on 127.0.0.1.
+
+`database` runs a test once on a fresh SQLite file and once on PostgreSQL in a fresh schema
+(skipped, saying why, when OSTINATO_TEST_POSTGRES_URL is unset; CI always sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from ostinato.deploy.settings import Settings
+from ostinato.queues.database import Database, connect
+from ostinato.queues.tables import Base
+from ostinato.scheduler.app import create_app
+
+POSTGRES_URL = os.environ.get("OSTINATO_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_schema_url(schema: str) -> str:
+    assert POSTGRES_URL
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database of the requested backend, dropped after the test."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ostinato.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("OSTINATO_TEST_POSTGRES_URL is not set (CI sets it; see .ci/run)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _postgres_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """An empty database with the current schema."""
+    db = connect(database_url)
+    Base.metadata.create_all(db.engine)
+    yield db
+    db.dispose()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use a database run on every backend unless they ask for one."""
+    if "database_url" in metafunc.fixturenames and not _parametrized(metafunc, "database_url"):
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    return any(name in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str  # the API root, e.g. http://127.0.0.1:PORT/api
+    database: Database
+    settings: Settings
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+
+@pytest.fixture
+def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
+    """The real app served by uvicorn on a free loopback port, in a thread of this process."""
+    port = free_port()
+    settings = Settings(home=tmp_path / "home", port=port)
+    config = uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port,
+                            log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "server did not start within 10 s"
+        time.sleep(0.01)
+    yield RunningServer(f"http://127.0.0.1:{port}/api", database, settings)
+    uv.should_exit = True
+    thread.join(timeout=10)
