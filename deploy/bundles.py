@@ -71,17 +71,7 @@ IGNORE_FILE = ".ostinatoignore"
 _MB = 1024 * 1024
 _CHUNK = 1024 * 1024
 _ALWAYS_SKIPPED_NAMES = frozenset(
-    {
-        "__pycache__",
-        ".git",
-        ".hg",
-        ".svn",
-        ".venv",
-        "venv",
-        "node_modules",
-        ".DS_Store",
-        ".ostinato",
-    }
+    "__pycache__ .git .hg .svn .venv venv node_modules .DS_Store .ostinato".split()
 )
 _ALWAYS_SKIPPED_PATTERNS = ("*.pyc",)
 _REFUSED_KINDS = {

@@ -71,7 +71,7 @@ class Flow(Generic[P, R]):
                 return self.parameter_model.model_validate(parameters).model_dump()
             except ValidationError as exc:
                 raise self._invalid(exc) from exc
-        checked = {}
+        checked: dict[str, Any] = {}
         for name, value in parameters.items():
             try:
                 checked[name] = TypeAdapter(fields[name].annotation).validate_python(value)

@@ -64,7 +64,7 @@ class DeploymentSpec(Strict):
     def _check(self) -> DeploymentSpec:
         if (self.bundle is None) == (self.path is None):
             raise ValueError("a deployment needs exactly one of bundle (sha256) or path")
-        slugs = [s.slug for s in self.schedules]
+        slugs = [s.slug or s.derived_slug() for s in self.schedules]
         duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
         if duplicates:
             raise ValueError(f"schedule slugs must be unique, repeated: {', '.join(duplicates)}")

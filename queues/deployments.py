@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from ostinato.deploy.errors import Conflict, InvalidInput, NotFound
 from ostinato.deploy.parameters import check_parameters
-from ostinato.deploy.schedules import Schedule
+from ostinato.deploy.schedules import Cron, Interval, RRule, Schedule
 from ostinato.deploy.schemas import (
     ApplyResult,
     Deployment,
@@ -33,7 +33,7 @@ from ostinato.deploy.states import Reason, StateType
 from ostinato.queues import runs
 from ostinato.queues.tables import bundles, deployments, flow_runs, flows, schedules, utcnow
 
-_SCHEDULE = TypeAdapter(Schedule)
+_SCHEDULE: TypeAdapter[Cron | Interval | RRule] = TypeAdapter(Schedule)
 ACTOR = "server"
 
 
@@ -90,7 +90,7 @@ def _columns(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def _flow_id(conn: Connection, name: str) -> uuid.UUID:
-    found = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar()
+    found: uuid.UUID | None = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar()
     if found is not None:
         return found
     new_id = uuid.uuid4()
@@ -133,8 +133,10 @@ def _runs_affected(old: Deployment, new: DeploymentSpec | DeploymentUpdate) -> b
 
 
 def _replace_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any]) -> None:
-    _delete_untouched_future_runs(conn, deployment_id)
+    # Schedules first: deleting their rows waits for a scheduler tick holding them, so the run
+    # deletion that follows also sees (and removes) the runs that tick has just committed.
     conn.execute(delete(schedules).where(schedules.c.deployment_id == deployment_id))
+    _delete_untouched_future_runs(conn, deployment_id)
     _insert_schedules(conn, deployment_id, items)
 
 
@@ -167,7 +169,7 @@ def _set_paused(conn: Connection, deployment_id: uuid.UUID, paused: bool) -> Non
         c.nominal_time > utcnow(),
     )))
     conn.execute(update(schedules).where(schedules.c.deployment_id == deployment_id)
-                 .values(scheduled_until=None))
+                 .values(scheduled_until=None, visit_at=None))
 
 
 def _find(conn: Connection, full_name: str) -> Any:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, Text, cast, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
@@ -53,13 +54,31 @@ def new_run_values(**values: Any) -> dict[str, Any]:
     }
 
 
-def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]], actor: str) -> None:
-    """Insert new SCHEDULED runs with their first history entry."""
+def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]], actor: str) -> int:
+    """Insert runs with their first history entry; returns how many were new.
+
+    A run whose identity (deployment, schedule slug, nominal time) exists already is ignored,
+    which is what makes any number of concurrent schedulers safe.
+    """
     if not runs:
-        return
-    conn.execute(insert(flow_runs), list(runs))
-    _append_history(conn, ((r["id"], r["attempt"]) for r in runs), StateType.SCHEDULED,
-                    reason=None, message=None, actor=actor)
+        return 0
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        dialect_insert(flow_runs)
+        .on_conflict_do_nothing(index_elements=["deployment_id", "schedule_slug", "nominal_time"])
+        .returning(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state, flow_runs.c.reason)
+    )
+    inserted = conn.execute(statement, list(runs)).all()
+    for (state, reason), group in _by_state(inserted).items():
+        _append_history(conn, group, StateType(state), reason=reason, message=None, actor=actor)
+    return len(inserted)
+
+
+def _by_state(rows: Sequence[Any]) -> dict[tuple[str, str | None], list[tuple[uuid.UUID, int]]]:
+    groups: dict[tuple[str, str | None], list[tuple[uuid.UUID, int]]] = {}
+    for row in rows:
+        groups.setdefault((row.state, row.reason), []).append((row.id, row.attempt))
+    return groups
 
 
 def set_states(

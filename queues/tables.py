@@ -120,7 +120,13 @@ class DeploymentRow(Base):
 
 
 class ScheduleRow(Base):
-    """One schedule of a deployment; `scheduled_until` is how far runs have been materialised."""
+    """One schedule of a deployment.
+
+    `scheduled_until` is the last instant materialised as a run; `visit_at` is when the scheduler
+    must look at the schedule again (its runs are about to fall short of the horizon or of the
+    minimum count). NULL means "now": a new, edited or resumed schedule. An idle tick is one
+    query on the `visit_at` index.
+    """
 
     __tablename__ = "deployment_schedules"
     __table_args__ = (UniqueConstraint("deployment_id", "slug"),)
@@ -132,7 +138,8 @@ class ScheduleRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     definition: Mapped[dict[str, Any]]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    scheduled_until: Mapped[datetime | None] = mapped_column(index=True)
+    scheduled_until: Mapped[datetime | None]
+    visit_at: Mapped[datetime | None] = mapped_column(index=True)
     created: Mapped[datetime] = _created()
 
 

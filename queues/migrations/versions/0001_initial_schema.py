@@ -102,13 +102,14 @@ def upgrade() -> None:
     sa.Column('definition', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('scheduled_until', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('visit_at', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_deployment_schedules_deployment_id_deployments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deployment_schedules')),
     sa.UniqueConstraint('deployment_id', 'slug', name=op.f('uq_deployment_schedules_deployment_id_slug'))
     )
     with op.batch_alter_table('deployment_schedules', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_deployment_schedules_scheduled_until'), ['scheduled_until'], unique=False)
+        batch_op.create_index(batch_op.f('ix_deployment_schedules_visit_at'), ['visit_at'], unique=False)
 
     op.create_table('flow_runs',
     sa.Column('id', sa.Uuid(), nullable=False),
@@ -223,7 +224,7 @@ def downgrade() -> None:
 
     op.drop_table('flow_runs')
     with op.batch_alter_table('deployment_schedules', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_deployment_schedules_scheduled_until'))
+        batch_op.drop_index(batch_op.f('ix_deployment_schedules_visit_at'))
 
     op.drop_table('deployment_schedules')
     op.drop_table('deployments')

@@ -1,0 +1,38 @@
+"""`ostinato`: the command line, one Typer per noun (DESIGN.md §9).
+
+Exit codes: 0 success; 1 a user error, reported as one `error: …` line on stderr with no
+traceback; 2 a usage error (typer's own message). Every module here imports only typer at the
+top and loads the rest inside the command that needs it, so `ostinato --help` and listings start
+fast; SQLAlchemy, FastAPI and uvicorn are loaded only by `server start` and `db upgrade`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ostinato.cli import db, deployments, flow_runs, output, server, work_queues
+
+app = output.new_app(
+    "Ostinato: deployments of Python flows, run on schedule through work queues by agents. "
+    "Commands talk to the server at OSTINATO_API_URL (default http://127.0.0.1:4200/api)."
+)
+app.add_typer(server.app, name="server")
+app.add_typer(db.app, name="db")
+app.add_typer(deployments.app, name="deployment")
+app.add_typer(work_queues.app, name="work-queue")
+app.add_typer(flow_runs.app, name="flow-run")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI with `argv` (default: sys.argv[1:]); always ends with SystemExit."""
+    from ostinato.deploy.errors import OstinatoError
+
+    try:
+        app(args=argv, prog_name="ostinato", standalone_mode=True)
+    except OstinatoError as exc:
+        output.print_error(exc.message)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""What every command shares: settings and the client, option parsers, tables, `--json`, errors.
+
+Conventions (DESIGN.md §9): stdout carries the result — a rich table for people, or with `--json`
+exactly the API's JSON for scripts; stderr carries `error: <one line>` and, only when it is a
+terminal, progress notes. Times in tables are UTC, `YYYY-MM-DD HH:MM:SS`.
+
+Only typer is imported at module level: rich, httpx and pydantic load inside the functions that
+need them, so `ostinato --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ostinato.deploy.client import Client
+    from ostinato.deploy.settings import Settings
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], str]]
+"""A table column: its header and how to get the cell's text from one API object."""
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")
+]
+
+
+def new_app(help_text: str) -> typer.Typer:
+    """A noun's Typer. Help and usage errors are plain click text: rich help costs ~0.1 s."""
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None,
+                       pretty_exceptions_enable=False, add_completion=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+
+
+# --- settings and the client ---------------------------------------------------------------------
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from flags (`overrides`), then OSTINATO_* variables; a bad value is one line."""
+    from pydantic import ValidationError
+
+    from ostinato.deploy.errors import InvalidInput
+    from ostinato.deploy.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise InvalidInput(f"invalid setting {field!r} (flag or OSTINATO_{field.upper()}): "
+                           f"{error['msg']}") from None
+
+
+def client() -> Client:
+    """The API client for OSTINATO_API_URL (and OSTINATO_API_KEY); use it as a context manager."""
+    from ostinato.deploy.client import Client
+
+    settings = load_settings()
+    with _trio_hidden():
+        return Client(settings.api_url, settings.api_key)
+
+
+@contextmanager
+def _trio_hidden() -> Iterator[None]:
+    """Keep httpcore from importing trio, when installed, as it loads (~0.1 s of start-up).
+
+    httpcore only needs trio for async clients under trio; ours is synchronous. The module is
+    hidden just while httpcore is first imported, so a flow file may still import trio.
+    """
+    if "trio" in sys.modules or "httpcore" in sys.modules:
+        yield
+        return
+    sys.modules["trio"] = None  # type: ignore[assignment]  # `import trio` raises ImportError
+    try:
+        yield
+    finally:
+        if sys.modules.get("trio") is None:
+            del sys.modules["trio"]
+
+
+def request(method: str, path: str, *, done: str) -> None:
+    """Send one request whose answer is not shown (pause, delete…), then print `done`."""
+    with client() as api:
+        api.request(method, path)
+    print(done)
+
+
+# --- option values -------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `30s`, `10m`, `2h`, `1d` or `1h30m` (typer parser: bad text is exit 2)."""
+    compact = text.strip().lower()
+    try:
+        return float(compact)
+    except ValueError:
+        pass
+    if compact and _DURATION_PART.sub("", compact) == "":
+        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+    raise typer.BadParameter(f"{text!r} is not a duration such as 90, 30s, 10m, 2h or 1h30m")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; without an offset it is taken as UTC (typer parser: bad is exit 2)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time such as 2030-01-31T02:00 or 2030-01-31T02:00+01:00"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def usage_error(option: str, message: str) -> typer.BadParameter:
+    """A usage error (exit 2) about `option`, for combinations a single parser cannot see."""
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+# --- printing ------------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    """The API's JSON as it came, indented."""
+    import json
+
+    print(json.dumps(data, indent=2))
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, always on one line."""
+    print("error: " + " ".join(message.splitlines()), file=sys.stderr)
+
+
+def note(message: str) -> None:
+    """A progress note on stderr, shown only when stderr is a terminal (quiet in scripts)."""
+    console = _console(stderr=True)
+    if console.is_terminal:
+        console.print(message, style="dim", markup=False, highlight=False)
+
+
+def print_table(rows: Sequence[Row], columns: Sequence[Column], *, empty: str) -> None:
+    """One row per API object; `empty` is printed instead of a table with no rows."""
+    if not rows:
+        print(empty)
+        return
+    table = _table(show_header=True)
+    for header, _ in columns:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(_text(cell(row)) for _, cell in columns))
+    _console().print(table)
+
+
+def print_fields(pairs: Sequence[tuple[str, str]]) -> None:
+    """`label  value` lines, for inspecting one object."""
+    table = _table(show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in pairs:
+        table.add_row(_text(label), _text(value))
+    _console().print(table)
+
+
+def heading(title: str) -> None:
+    print()
+    _console().print(title, style="bold underline", markup=False, highlight=False)
+
+
+# --- cell formats --------------------------------------------------------------------------------
+
+
+def utc(value: str | None) -> str:
+    """An API time as compact UTC (`2030-01-31 02:00:00`); `-` for none."""
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def listing(values: Sequence[Any] | None) -> str:
+    return ", ".join(str(v) for v in values) if values else "-"
+
+
+def compact_json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(", ", ": ")) if value else "-"
+
+
+def maybe(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+# --- rich, loaded on first use -------------------------------------------------------------------
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _table(*, show_header: bool) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD if show_header else None, show_header=show_header,
+                 header_style="bold", pad_edge=False)
+
+
+def _text(value: str) -> Any:
+    """Cell text taken literally (a tag like `[etl]` is not rich markup)."""
+    from rich.text import Text
+
+    return Text(value)

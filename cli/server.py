@@ -1,0 +1,32 @@
+"""`ostinato server …`: the server process (REST API, UI, metrics, scheduler loops)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ostinato.cli import output
+
+app = output.new_app("Run the Ostinato server.")
+
+
+@app.command()
+def start(
+    host: Annotated[str | None, typer.Option(
+        metavar="HOST", help="Interface to listen on (default: OSTINATO_HOST, else 127.0.0.1).",
+        show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(
+        min=0, max=65535, metavar="PORT", show_default=False,
+        help="Port to listen on (default: OSTINATO_PORT, else 4200).")] = None,
+) -> None:
+    """Serve the REST API under /api (docs at /api/docs) until Ctrl-C or SIGTERM.
+
+    The database is OSTINATO_DATABASE_URL, or SQLite at $OSTINATO_HOME/ostinato.db; its schema
+    is upgraded at start-up.
+    """
+    given = {"host": host, "port": port}
+    settings = output.load_settings(**{k: v for k, v in given.items() if v is not None})
+    from ostinato.scheduler.server import serve
+
+    serve(settings)
