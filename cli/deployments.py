@@ -185,9 +185,15 @@ def create(
 # --- ls and inspect ------------------------------------------------------------------------------
 
 
+def _every(duration: str) -> str:
+    """An ISO 8601 duration from the API, compact: `PT1H30M` → `1h30m`, `P1D` → `1d`."""
+    return duration.replace("P", "").replace("T", "").lower()
+
+
 def _describe_schedule(schedule: Row) -> str:
     kind = schedule.get("kind")
-    text = {"cron": f"cron {schedule.get('cron')}", "interval": f"every {schedule.get('every')}",
+    text = {"cron": f"cron {schedule.get('cron')}",
+            "interval": f"every {_every(str(schedule.get('every')))}",
             "rrule": f"rrule {schedule.get('rrule')}"}.get(str(kind), str(kind))
     if schedule.get("timezone", "UTC") != "UTC":
         text += f" ({schedule['timezone']})"

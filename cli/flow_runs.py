@@ -26,7 +26,8 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _state(run: Row) -> str:
-    state = run["state_name"] if run["state_name"].upper() != run["state"] else run["state"]
+    """The state's display name in capitals (`LATE` is a SCHEDULED run), with its reason."""
+    state = str(run["state_name"] or run["state"]).upper()
     return f"{state} ({run['reason']})" if run.get("reason") else state
 
 

@@ -97,6 +97,7 @@ def request(method: str, path: str, *, done: str) -> None:
 
 # --- option values -------------------------------------------------------------------------------
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -104,10 +105,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str) -> float:
     """Seconds in `90`, `30s`, `10m`, `2h`, `1d` or `1h30m` (typer parser: bad text is exit 2)."""
     compact = text.strip().lower()
-    try:
+    if _NUMBER.fullmatch(compact):
         return float(compact)
-    except ValueError:
-        pass
     if compact and _DURATION_PART.sub("", compact) == "":
         return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
     raise typer.BadParameter(f"{text!r} is not a duration such as 90, 30s, 10m, 2h or 1h30m")
@@ -157,8 +156,8 @@ def print_table(rows: Sequence[Row], columns: Sequence[Column], *, empty: str) -
         print(empty)
         return
     table = _table(show_header=True)
-    for header, _ in columns:
-        table.add_column(header, overflow="fold")
+    for index, (header, _) in enumerate(columns):
+        table.add_column(header, overflow="fold", no_wrap=index == 0)  # the key stays whole
     for row in rows:
         table.add_row(*(_text(cell(row)) for _, cell in columns))
     _console().print(table)
@@ -210,9 +209,13 @@ def maybe(value: Any) -> str:
 
 
 def _console(*, stderr: bool = False) -> Console:
+    """A terminal's width for people; unbounded lines (no wrapping) for pipes and files."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = 10_000
+    return console
 
 
 def _table(*, show_header: bool) -> Table:
@@ -220,7 +223,7 @@ def _table(*, show_header: bool) -> Table:
     from rich.table import Table
 
     return Table(box=box.SIMPLE_HEAD if show_header else None, show_header=show_header,
-                 header_style="bold", pad_edge=False)
+                 header_style="bold", pad_edge=False, show_edge=False)
 
 
 def _text(value: str) -> Any:

@@ -7,11 +7,20 @@ message, never a 500 from deeper down.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from ostinato.deploy.schedules import Schedule
 from ostinato.deploy.states import StateType
@@ -22,7 +31,44 @@ Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,]{1,100}$")]
 DeploymentName = Annotated[str, StringConstraints(pattern=r"^[^/\s]{1,100}/[^/\s]{1,100}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Seconds = Annotated[float, Field(ge=0, le=366 * 86400)]
-JsonObject = dict[str, Any]
+MAX_JSON_DEPTH = 32
+
+
+def _not_too_deep(value: Any, depth: int = 0) -> Any:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH: nothing legitimate is, and such values
+    cannot be serialised back."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    children = value.values() if isinstance(value, dict) else value
+    for child in children if isinstance(value, dict | list) else ():
+        _not_too_deep(child, depth + 1)
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range once converted to UTC") from None
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_not_too_deep)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+class _PropertyShape(BaseModel):
+    """The parts of a JSON-schema property the server reads; anything else passes through."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str | list[str] | None = None
+    anyOf: list[_PropertyShape] | None = None  # noqa: N815 (JSON schema's spelling)
+    oneOf: list[_PropertyShape] | None = None  # noqa: N815
+
+
+class _ParameterSchemaShape(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    properties: dict[str, _PropertyShape] = {}
+    required: list[str] = []
 
 OverlapPolicy = Literal[
     "allow", "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other"
@@ -59,6 +105,12 @@ class DeploymentSpec(Strict):
     timeout: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
     env: dict[str, str] = {}
     description: Annotated[str, StringConstraints(max_length=10_000)] = ""
+
+    @field_validator("parameter_schema")
+    @classmethod
+    def _schema_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _ParameterSchemaShape.model_validate(value)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentSpec:
@@ -128,7 +180,7 @@ class ManualRunRequest(Strict):
     """A run now, at a given time, or after a delay measured on the server's clock."""
 
     parameters: JsonObject = {}
-    scheduled_time: AwareDatetime | None = None
+    scheduled_time: UtcDatetime | None = None
     start_in: Seconds | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] = []
 
@@ -199,6 +251,13 @@ class WorkQueueUpdate(Strict):
     concurrency_limit: ConcurrencyLimit | None = None
     paused: bool | None = None
     description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _only_the_limit_may_be_null(self) -> WorkQueueUpdate:
+        for name in self.model_fields_set - {"concurrency_limit"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
 
 class WorkQueue(BaseModel):

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, exists, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -59,6 +60,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def json_array_contains(dialect: str, column: ColumnElement[Any], value: str
+                        ) -> ColumnElement[bool]:
+    """`value` is an element of the JSON array in `column` (exact match, any characters)."""
+    if dialect == "postgresql":
+        return column.cast(JSONB).contains([value])
+    elements = func.json_each(column).table_valued("value")
+    return exists(select(1).select_from(elements).where(elements.c.value == value))
 
 
 def connect(url: str, **engine_options: Any) -> Database:

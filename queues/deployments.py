@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ostinato.deploy.errors import Conflict, InvalidInput, NotFound
 from ostinato.deploy.parameters import check_parameters
@@ -90,12 +91,12 @@ def _columns(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def _flow_id(conn: Connection, name: str) -> uuid.UUID:
-    found: uuid.UUID | None = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar()
-    if found is not None:
-        return found
-    new_id = uuid.uuid4()
-    conn.execute(insert(flows).values(id=new_id, name=name, created=utcnow()))
-    return new_id
+    """The flow's id, creating the flow if needed (concurrent creators agree on one row)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(dialect_insert(flows).values(id=uuid.uuid4(), name=name, created=utcnow())
+                 .on_conflict_do_nothing(index_elements=["name"]))
+    found: uuid.UUID = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar_one()
+    return found
 
 
 def _insert(conn: Connection, spec: DeploymentSpec) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database
 
@@ -33,4 +34,7 @@ def as_utc(moment: datetime | None) -> datetime | None:
     """Query times without an offset are taken as UTC."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{moment.isoformat()} is out of range once converted to UTC") from None

@@ -1,0 +1,178 @@
+"""How fast the command line answers: `python tests/benchmarks/cli.py` prints one JSON object.
+
+Measured, each as wall time from spawning the process to its exit:
+
+- `ostinato --help`, 10 runs (target: under 0.5 s);
+- `ostinato deployment ls` against a running server holding 20 deployments, 10 runs (target:
+  under 0.5 s);
+- `ostinato server start` on a fresh SQLite home until /api/health first answers 200, 3 runs
+  (target: under 3 s).
+
+Each command runs once untimed first. Bytecode caching is left on, as on an ordinary install
+(PYTHONDONTWRITEBYTECODE is removed from the children's environment). The CPU time of each run
+(user + system) is reported too: on a busy machine it shows what the wall time would be alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RUNS = 10
+SERVER_RUNS = 3
+DEPLOYMENTS = 20
+TARGETS = {"help": 0.5, "deployment_ls": 0.5, "server_health": 3.0}
+
+FLOW_FILE = f'''
+from ostinato.deploy import Cron, Deployment, flow
+
+
+@flow(name="bench")
+def bench(limit: int = 10) -> None:
+    print(limit)
+
+
+for number in range({DEPLOYMENTS}):
+    globals()[f"d{{number}}"] = Deployment(
+        bench, name=f"d{{number:02d}}", tags=["bench"], parameters={{"limit": number}},
+        schedules=[Cron(f"{{number}} * * * *", timezone="Europe/Paris")])
+'''
+
+
+def ostinato() -> list[str]:
+    """The console script, as users run it (the module if the script is not on PATH)."""
+    script = shutil.which("ostinato")
+    return [script] if script else [sys.executable, "-m", "ostinato.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(home: Path, api_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OSTINATO_") and k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "OSTINATO_HOME": str(home), "OSTINATO_API_URL": api_url}
+
+
+def timed(command: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, cpu) seconds of one run; it must succeed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def summary(samples: Sequence[tuple[float, float]], target: float) -> dict[str, Any]:
+    walls = [wall for wall, _ in samples]
+    return {"runs": len(walls), "median_s": round(statistics.median(walls), 3),
+            "max_s": round(max(walls), 3), "min_s": round(min(walls), 3),
+            "cpu_median_s": round(statistics.median(cpu for _, cpu in samples), 3),
+            "target_s": target, "met": statistics.median(walls) < target}
+
+
+def repeat(command: Sequence[str], env: dict[str, str], target: float) -> dict[str, Any]:
+    timed(command, env)  # warm-up: bytecode, page cache
+    return summary([timed(command, env) for _ in range(RUNS)], target)
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = environment(home, f"http://127.0.0.1:{port}/api")
+    return subprocess.Popen([*ostinato(), "server", "start", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_healthy(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1) as http:
+        while time.monotonic() < deadline:
+            try:
+                if http.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+    raise RuntimeError(f"server on port {port} not healthy within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def time_to_health(root: Path) -> dict[str, Any]:
+    samples = []
+    for number in range(SERVER_RUNS):
+        port = free_port()
+        start = time.perf_counter()
+        process = start_server(root / f"fresh-{number}", port)
+        try:
+            wait_healthy(port)
+            samples.append(time.perf_counter() - start)
+        finally:
+            stop(process)
+    return {"runs": len(samples), "median_s": round(statistics.median(samples), 3),
+            "max_s": round(max(samples), 3), "target_s": TARGETS["server_health"],
+            "met": statistics.median(samples) < TARGETS["server_health"]}
+
+
+def commands(root: Path) -> dict[str, Any]:
+    port = free_port()
+    home = root / "home"
+    env = environment(home, f"http://127.0.0.1:{port}/api")
+    server = start_server(home, port)
+    try:
+        wait_healthy(port)
+        project = root / "project"
+        project.mkdir()
+        (project / "flows.py").write_text(FLOW_FILE)
+        subprocess.run([*ostinato(), "deployment", "create", str(project / "flows.py")],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        listed = subprocess.run([*ostinato(), "deployment", "ls", "--json"], env=env,
+                                check=True, capture_output=True, text=True).stdout
+        assert len(json.loads(listed)) == DEPLOYMENTS
+        return {"help": repeat([*ostinato(), "--help"], env, TARGETS["help"]),
+                "deployment_ls": repeat([*ostinato(), "deployment", "ls"], env,
+                                        TARGETS["deployment_ls"])}
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as tmp:
+        root = Path(tmp)
+        results = commands(root)
+        results["server_health"] = time_to_health(root)
+    results["context"] = {
+        "deployments": DEPLOYMENTS, "command": " ".join(ostinato()),
+        "python": sys.version.split()[0], "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
