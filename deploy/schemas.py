@@ -191,6 +191,30 @@ class ManualRunRequest(Strict):
         return self
 
 
+class ScheduledInstant(BaseModel):
+    """One instant a schedule produces (`deployment upcoming`, `deployment backfill`)."""
+
+    scheduled_time: datetime
+    local_time: datetime
+    schedule: str
+    dst: Literal["shifted", "fold"] | None
+
+
+class BackfillRequest(Strict):
+    start: UtcDatetime
+    end: UtcDatetime
+    dry_run: bool = False
+
+
+class BackfillResult(BaseModel):
+    """The runs the window gets (or would get, in a dry run); slots with a run are left out."""
+
+    deployment: str
+    dry_run: bool
+    runs: list[ScheduledInstant]
+    already_present: int
+
+
 class FlowRun(BaseModel):
     id: UUID
     name: str

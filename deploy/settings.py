@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     late_threshold_seconds: float = Field(default=15.0, ge=0)
     max_bundle_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     log_level: str = "info"
+    scheduler_interval_seconds: float = Field(default=2.0, gt=0)
+    run_scheduler: bool = True  # whether `server start` also runs the scheduling loops
 
     @cached_property
     def effective_database_url(self) -> str:

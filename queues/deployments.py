@@ -229,7 +229,7 @@ def edit(conn: Connection, full_name: str, changes: DeploymentUpdate) -> Deploym
     current = get(conn, full_name)
     merged = current.model_dump(include=set(DeploymentSpec.model_fields)) | {
         "flow": current.flow, "name": full_name.split("/", 1)[1],
-        **changes.model_dump(exclude_unset=True),
+        **{field: getattr(changes, field) for field in changes.model_fields_set},
     }
     _apply_one(conn, DeploymentSpec.model_validate(merged))
     return get(conn, full_name)

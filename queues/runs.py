@@ -55,6 +55,21 @@ def new_run_values(**values: Any) -> dict[str, Any]:
     }
 
 
+def slot_run_values(deployment_id: uuid.UUID, deployment: str, slug: str, nominal: datetime, *,
+                    scheduled_time: datetime, parameters: dict[str, Any], tags: list[str],
+                    auto_scheduled: bool, state: StateType = StateType.SCHEDULED,
+                    reason: str | None = None) -> dict[str, Any]:
+    """Column values of the run of one schedule slot (materialised or backfilled)."""
+    flow, name = deployment.split("/", 1)
+    return new_run_values(
+        name=f"{name}-{nominal:%Y%m%d-%H%M%S}", flow_name=flow, deployment_id=deployment_id,
+        deployment_name=deployment, schedule_slug=slug, nominal_time=nominal,
+        scheduled_time=scheduled_time, parameters=parameters, tags=tags,
+        auto_scheduled=auto_scheduled, state=state.value, state_name=state.display_name,
+        reason=reason,
+    )
+
+
 def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]], actor: str) -> int:
     """Insert runs with their first history entry; returns how many were new.
 
@@ -83,9 +98,10 @@ def _record_initial_states(conn: Connection, ids: list[uuid.UUID], actor: str) -
     c = flow_runs.c
     created = select(c.id, c.state, c.state_name, c.reason, c.created, literal(actor), c.attempt)
     created = created.where(c.id.in_(ids))
-    result = conn.execute(insert(flow_run_states).from_select(
-        ["flow_run_id", "type", "name", "reason", "timestamp", "actor", "attempt"], created))
-    return int(result.rowcount)
+    recorded = conn.execute(insert(flow_run_states).from_select(
+        ["flow_run_id", "type", "name", "reason", "timestamp", "actor", "attempt"], created,
+    ).returning(flow_run_states.c.id))
+    return len(recorded.all())
 
 
 def set_states(

@@ -14,6 +14,7 @@ from ostinato.queues.database import Database, connect
 from ostinato.queues.migrate import upgrade
 from ostinato.scheduler.api import bundles, deployments, errors, flow_runs, work_queues
 from ostinato.scheduler.api.dependencies import DatabaseDep
+from ostinato.scheduler.loops import SchedulerLoops
 
 health = APIRouter(tags=["health"])
 
@@ -40,9 +41,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         app.state.database = database or connect(settings.effective_database_url)
         if owned:
             upgrade(app.state.database)
+        loops = SchedulerLoops(app.state.database, interval=settings.scheduler_interval_seconds)
+        if settings.run_scheduler:
+            loops.start()
         try:
             yield
         finally:
+            loops.stop()
             if owned:
                 app.state.database.dispose()
 

@@ -16,6 +16,7 @@ the older ones SKIPPED (`superseded`), `none` records them SKIPPED (`catchup_mis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,9 @@ class Policy:
     horizon: timedelta = timedelta(hours=1)
     max_runs: int = 100
     batch_size: int = 500  # schedules per transaction
+
+
+DEFAULT_POLICY = Policy()
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class TickResult:
 
 def plan(schedule: Cron | Interval | RRule, *, last: datetime | None, now: datetime,
          catchup: str = "latest", misfire_grace: timedelta = timedelta(minutes=5),
-         remaining: int | None = None, policy: Policy = Policy()) -> Plan:
+         remaining: int | None = None, policy: Policy = DEFAULT_POLICY) -> Plan:
     """What one visit of `schedule` creates; `last` is its last materialised instant.
 
     `remaining` is what is left of the schedule's `max_runs` countdown (None: no countdown).
@@ -149,22 +153,28 @@ def _next_visit(fresh: list[Instant], now: datetime, policy: Policy, *, capped: 
 
 
 def _jittered(schedule: Cron | Interval | RRule, planned: list[PlannedRun]) -> list[PlannedRun]:
-    if not schedule.jitter:
+    """Delay each run by the schedule's deterministic jitter, never up to the following slot."""
+    if not schedule.jitter or not planned:
         return planned
+    beyond = schedule.next_instants(planned[-1].instant.time, count=1)
+    following: list[datetime | None] = [p.instant.time for p in planned[1:]]
+    following.append(beyond[0].time if beyond else None)
     seed = schedule.slug or ""
-    following = [p.instant.time for p in planned[1:]] + [None]
     return [
         PlannedRun(p.instant, schedule.jittered(p.instant.time, nxt, seed), p.state, p.reason)
         for p, nxt in zip(planned, following, strict=True)
     ]
 
 
-def tick(database: Database, now: datetime | None = None, policy: Policy = Policy()
-         ) -> TickResult:
-    """One pass: visit every schedule that is due, a batch per transaction."""
+def tick(database: Database, now: datetime | None = None, policy: Policy = DEFAULT_POLICY,
+         should_stop: Callable[[], bool] = lambda: False) -> TickResult:
+    """One pass: visit every schedule that is due, a batch per transaction.
+
+    `should_stop` is asked between batches, so a long first pass can be interrupted.
+    """
     now = now or datetime.now(UTC)
     result = TickResult()
-    while True:
+    while not should_stop():
         with database.write() as conn:
             due = due_schedules(conn, database, now, policy.batch_size)
             visits, rows = _visit_all(conn, due, now, policy)
@@ -174,7 +184,8 @@ def tick(database: Database, now: datetime | None = None, policy: Policy = Polic
         result.batches += 1
         result.deployments.update(d.deployment for d in due)
         if len(due) < policy.batch_size:
-            return result
+            break
+    return result
 
 
 def _visit_all(conn: Any, due: list[DueSchedule], now: datetime, policy: Policy
@@ -197,14 +208,9 @@ def _visit_all(conn: Any, due: list[DueSchedule], now: datetime, policy: Policy
 
 def _run_values(item: DueSchedule, planned: PlannedRun) -> dict[str, Any]:
     schedule = item.definition
-    flow, name = item.deployment.split("/", 1)
-    nominal = planned.instant.time
-    return runs.new_run_values(
-        name=f"{name}-{nominal:%Y%m%d-%H%M%S}", flow_name=flow,
-        deployment_id=item.deployment_id, deployment_name=item.deployment,
-        schedule_slug=schedule.slug, nominal_time=nominal, scheduled_time=planned.scheduled_time,
+    return runs.slot_run_values(
+        item.deployment_id, item.deployment, schedule.slug or "", planned.instant.time,
+        scheduled_time=planned.scheduled_time,
         parameters={**item.parameters, **schedule.parameters}, tags=item.tags,
-        auto_scheduled=True, state=planned.state.value,
-        state_name=planned.state.display_name,
-        reason=planned.reason.value if planned.reason else None,
+        auto_scheduled=True, state=planned.state, reason=planned.reason,
     )

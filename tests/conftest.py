@@ -95,7 +95,7 @@ class RunningServer:
 def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
     """The real app served by uvicorn on a free loopback port, in a thread of this process."""
     port = free_port()
-    settings = Settings(home=tmp_path / "home", port=port)
+    settings = Settings(home=tmp_path / "home", port=port, run_scheduler=False)
     config = uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port,
                             log_level="warning")
     uv = uvicorn.Server(config)

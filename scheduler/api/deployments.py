@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -9,15 +10,20 @@ from pydantic import Field
 
 from ostinato.deploy.schemas import (
     ApplyResult,
+    BackfillRequest,
+    BackfillResult,
     Deployment,
     DeploymentSpec,
     DeploymentUpdate,
     FlowRun,
     ManualRunRequest,
+    ScheduledInstant,
     Strict,
 )
+from ostinato.queues import backfill as queued_backfill
 from ostinato.queues import deployments
-from ostinato.scheduler.api.dependencies import DatabaseDep
+from ostinato.scheduler import instants
+from ostinato.scheduler.api.dependencies import DatabaseDep, as_utc
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -78,3 +84,34 @@ def remove(flow: str, name: str, database: DatabaseDep) -> None:
 def run_now(flow: str, name: str, body: ManualRunRequest, database: DatabaseDep) -> FlowRun:
     with database.write() as conn:
         return deployments.create_manual_run(conn, f"{flow}/{name}", body)
+
+
+@router.get("/{flow}/{name}/upcoming", response_model=list[ScheduledInstant])
+def upcoming(flow: str, name: str, database: DatabaseDep,
+             n: Annotated[int, Query(ge=1, le=1000)] = 10,
+             after: datetime | None = None) -> list[ScheduledInstant]:
+    """The next `n` instants of the deployment's active schedules (after now, or `after`)."""
+    with database.read() as conn:
+        deployment = deployments.get(conn, f"{flow}/{name}")
+    start = as_utc(after) or datetime.now(UTC)
+    slots = instants.upcoming(deployment.schedules, start, n)
+    return [ScheduledInstant.model_validate(slot.to_json()) for slot in slots]
+
+
+@router.post("/{flow}/{name}/backfill", response_model=BackfillResult)
+def backfill(flow: str, name: str, body: BackfillRequest, database: DatabaseDep
+             ) -> BackfillResult:
+    """Create the runs the window [start, end] would have had; `dry_run` only lists them."""
+    with database.write() as conn:
+        deployment = deployments.get(conn, f"{flow}/{name}")
+        slots = instants.between(deployment.schedules, body.start, body.end)
+        by_identity = {(slot.slug, slot.instant.time): slot for slot in slots}
+        missing = queued_backfill.missing_slots(conn, deployment.id, list(by_identity))
+        if not body.dry_run:
+            overrides = {s.slug or "": s.parameters for s in deployment.schedules}
+            queued_backfill.create(conn, deployment, missing, overrides)
+    return BackfillResult(
+        deployment=deployment.name, dry_run=body.dry_run,
+        runs=[ScheduledInstant.model_validate(by_identity[slot].to_json()) for slot in missing],
+        already_present=len(slots) - len(missing),
+    )
