@@ -145,10 +145,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('deployment_id', 'schedule_slug', 'nominal_time', name=op.f('uq_flow_runs_deployment_id_schedule_slug_nominal_time'))
     )
     with op.batch_alter_table('flow_runs', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_flow_runs_agent_id'), ['agent_id'], unique=False)
+        batch_op.create_index('ix_flow_runs_agent_id', ['agent_id'], unique=False, postgresql_where=sa.text('agent_id IS NOT NULL'), sqlite_where=sa.text('agent_id IS NOT NULL'))
         batch_op.create_index('ix_flow_runs_deployment_id_scheduled_time', ['deployment_id', 'scheduled_time'], unique=False)
-        batch_op.create_index('ix_flow_runs_lease_expires', ['lease_expires'], unique=False)
-        batch_op.create_index(batch_op.f('ix_flow_runs_parent_run_id'), ['parent_run_id'], unique=False)
+        batch_op.create_index('ix_flow_runs_lease_expires', ['lease_expires'], unique=False, postgresql_where=sa.text('lease_expires IS NOT NULL'), sqlite_where=sa.text('lease_expires IS NOT NULL'))
+        batch_op.create_index('ix_flow_runs_parent_run_id', ['parent_run_id'], unique=False, postgresql_where=sa.text('parent_run_id IS NOT NULL'), sqlite_where=sa.text('parent_run_id IS NOT NULL'))
         batch_op.create_index('ix_flow_runs_state_scheduled_time', ['state', 'scheduled_time'], unique=False)
 
     op.create_table('flow_run_states',
@@ -217,10 +217,10 @@ def downgrade() -> None:
     op.drop_table('flow_run_states')
     with op.batch_alter_table('flow_runs', schema=None) as batch_op:
         batch_op.drop_index('ix_flow_runs_state_scheduled_time')
-        batch_op.drop_index(batch_op.f('ix_flow_runs_parent_run_id'))
+        batch_op.drop_index('ix_flow_runs_parent_run_id')
         batch_op.drop_index('ix_flow_runs_lease_expires')
         batch_op.drop_index('ix_flow_runs_deployment_id_scheduled_time')
-        batch_op.drop_index(batch_op.f('ix_flow_runs_agent_id'))
+        batch_op.drop_index('ix_flow_runs_agent_id')
 
     op.drop_table('flow_runs')
     with op.batch_alter_table('deployment_schedules', schema=None) as batch_op:
