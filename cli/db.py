@@ -9,7 +9,7 @@ from ostinato.cli import output
 if TYPE_CHECKING:
     from ostinato.queues.database import Database
 
-app = output.new_app("Manage the server's database.")
+app = output.new_app("Manage the server's database schema.")
 
 
 def _revision(database: Database) -> str | None:

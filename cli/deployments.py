@@ -19,9 +19,7 @@ if TYPE_CHECKING:
     from ostinato.deploy.registration import FlagDeployment
     from ostinato.deploy.schedules import Cron, Interval, RRule
 
-app = output.new_app(
-    "Register deployments from a flow file, then list, inspect, run, pause and delete them."
-)
+app = output.new_app("Register, list, run, pause and delete deployments.")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from ostinato.cli.output import JsonFlag, Row
 app = output.new_app("List and inspect flow runs.")
 
 
-
 def _time_option(help_text: str) -> Any:
     """A typer option taking an ISO 8601 time (typer.Option itself is typed as returning Any)."""
     return typer.Option(parser=output.parse_time, metavar="ISO-TIME", show_default=False,

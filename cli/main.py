@@ -17,10 +17,10 @@ app = output.new_app(
     "Commands talk to the server at OSTINATO_API_URL (default http://127.0.0.1:4200/api)."
 )
 app.add_typer(server.app, name="server")
-app.add_typer(db.app, name="db")
 app.add_typer(deployments.app, name="deployment")
 app.add_typer(work_queues.app, name="work-queue")
 app.add_typer(flow_runs.app, name="flow-run")
+app.add_typer(db.app, name="db")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,29 +63,38 @@ def load_settings(**overrides: Any) -> Settings:
 
 def client() -> Client:
     """The API client for OSTINATO_API_URL (and OSTINATO_API_KEY); use it as a context manager."""
-    from ostinato.deploy.client import Client
-
     settings = load_settings()
-    with _trio_hidden():
-        return Client(settings.api_url, settings.api_key)
+    with _hidden(_UNUSED_EXTRAS):
+        from ostinato.deploy.client import Client
+
+        # "" means no key; None would make Client read the settings a second time.
+        return Client(settings.api_url, settings.api_key or "")
+
+
+_UNUSED_EXTRAS = ("click", "trio")
+"""Optional packages httpx and httpcore import eagerly when installed, for features the CLI does
+not use: click (with rich and pygments) for httpx's own command line, trio for async clients
+under trio. Loading them costs ~0.1 s of every command's start-up."""
 
 
 @contextmanager
-def _trio_hidden() -> Iterator[None]:
-    """Keep httpcore from importing trio, when installed, as it loads (~0.1 s of start-up).
+def _hidden(names: Sequence[str]) -> Iterator[None]:
+    """While httpx and httpcore first load, `import NAME` fails for these names.
 
-    httpcore only needs trio for async clients under trio; ours is synchronous. The module is
-    hidden just while httpcore is first imported, so a flow file may still import trio.
+    They are hidden only for that moment (an import already done is left alone), so a flow file
+    that `deployment create` imports may still use them.
     """
-    if "trio" in sys.modules or "httpcore" in sys.modules:
-        yield
-        return
-    sys.modules["trio"] = None  # type: ignore[assignment]  # `import trio` raises ImportError
+    hide = [name for name in names if name not in sys.modules]
+    if "httpcore" in sys.modules:
+        hide = []
+    for name in hide:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
     try:
         yield
     finally:
-        if sys.modules.get("trio") is None:
-            del sys.modules["trio"]
+        for name in hide:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
 
 
 def request(method: str, path: str, *, done: str) -> None:

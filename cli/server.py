@@ -8,7 +8,7 @@ import typer
 
 from ostinato.cli import output
 
-app = output.new_app("Run the Ostinato server.")
+app = output.new_app("Run the Ostinato server (API and scheduler).")
 
 
 @app.command()

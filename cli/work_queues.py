@@ -14,7 +14,7 @@ from ostinato.cli.output import JsonFlag, Row
 if TYPE_CHECKING:
     from ostinato.deploy.client import Client
 
-app = output.new_app("Create, list, inspect, update, pause, resume and delete work queues.")
+app = output.new_app("Manage work queues, the filters agents take runs from.")
 
 QueueName = Annotated[str, typer.Argument(metavar="NAME", help="The work queue's name.",
                                           show_default=False)]

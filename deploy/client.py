@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 
 from ostinato.deploy.errors import NotFound, ServerUnreachable, error_for_status
-from ostinato.deploy.settings import Settings
 
 
 class Client:
     def __init__(self, api_url: str | None = None, api_key: str | None = None, *,
                  transport: httpx.BaseTransport | None = None, timeout: float = 30.0) -> None:
         if api_url is None or api_key is None:
+            from ostinato.deploy.settings import Settings  # pydantic-settings only when needed
+
             settings = Settings()
             api_url = api_url or settings.api_url
             api_key = api_key or settings.api_key

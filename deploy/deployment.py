@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.flows import Flow
@@ -48,10 +48,10 @@ class Deployment:
         Raises InvalidInput with one line naming the deployment and the problem.
         """
         try:
-            self._check_parameters()
+            parameters = self._checked_parameters()
             return DeploymentSpec(
                 flow=self.flow.name, name=self.name, entrypoint=entrypoint, bundle=bundle,
-                path=path, parameters=self.parameters,
+                path=path, parameters=parameters,
                 parameter_schema=self.flow.parameter_schema(), tags=self.tags,
                 schedules=self.schedules, **self.policies,
             )
@@ -63,7 +63,9 @@ class Deployment:
             message = str(error["msg"]).removeprefix("Value error, ")
             raise InvalidInput(f"deployment {self.full_name}: {where}: {message}") from exc
 
-    def _check_parameters(self) -> None:
-        self.flow.validate_parameters(self.parameters, complete=False)
+    def _checked_parameters(self) -> dict[str, Any]:
+        """The deployment's parameters as the flow will receive them (coerced, JSON-ready)."""
         for schedule in self.schedules:
             self.flow.validate_parameters({**self.parameters, **schedule.parameters})
+        coerced = self.flow.validate_parameters(self.parameters, complete=False)
+        return dict(TypeAdapter(dict[str, Any]).dump_python(coerced, mode="json"))
