@@ -337,3 +337,63 @@ def delete(
     if not yes:
         typer.confirm(f"Delete deployment {name}?", abort=True, err=True)
     output.request("DELETE", api_path(name), done=f"deleted {name}")
+
+
+# --- upcoming, backfill --------------------------------------------------------------------------
+
+INSTANT_COLUMNS: list[output.Column] = [
+    ("UTC", lambda i: output.utc(i["scheduled_time"])),
+    ("LOCAL", lambda i: i["local_time"].replace("T", " ")),
+    ("SCHEDULE", lambda i: i["schedule"]),
+    ("DST", lambda i: output.maybe(i["dst"])),
+]
+
+
+@app.command()
+def upcoming(
+    name: DeploymentName,
+    count: Annotated[int, typer.Option("-n", min=1, max=1000, help="How many instants.")] = 10,
+    after: Annotated[datetime | None, typer.Option(
+        parser=output.parse_time, metavar="ISO-TIME", show_default=False,
+        help="List instants after this time instead of after now (UTC unless it has an offset).",
+    )] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the next instants of a deployment's active schedules, in UTC and local time.
+
+    DST marks instants moved out of a spring-forward gap (shifted) or falling in a fall-back
+    fold (fold).
+    """
+    with output.client() as api:
+        found = api.get(api_path(name, "upcoming"), n=count,
+                        after=after.isoformat() if after else None)
+    if as_json:
+        output.print_json(found)
+    else:
+        output.print_table(found, INSTANT_COLUMNS, empty="no upcoming instants")
+
+
+@app.command()
+def backfill(
+    name: DeploymentName,
+    start: Annotated[datetime, typer.Option(
+        parser=output.parse_time, metavar="ISO-TIME", help="Start of the window (included).")],
+    end: Annotated[datetime, typer.Option(
+        parser=output.parse_time, metavar="ISO-TIME", help="End of the window (included).")],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List the runs the window would get; create nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create the runs a past window would have had; slots that already have a run are left.
+
+    The dry run lists exactly the runs the real one creates.
+    """
+    body = {"start": start.isoformat(), "end": end.isoformat(), "dry_run": dry_run}
+    with output.client() as api:
+        result = api.post(api_path(name, "backfill"), body)
+    if as_json:
+        output.print_json(result)
+        return
+    output.print_table(result["runs"], INSTANT_COLUMNS, empty="no runs to create")
+    verb = "would create" if dry_run else "created"
+    print(f"{verb} {len(result['runs'])} runs; {result['already_present']} slots already had one")

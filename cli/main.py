@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from ostinato.cli import db, deployments, flow_runs, output, server, work_queues
+from ostinato.cli import db, deployments, flow_runs, output, scheduler, server, work_queues
 
 app = output.new_app(
     "Ostinato: deployments of Python flows, run on schedule through work queues by agents. "
     "Commands talk to the server at OSTINATO_API_URL (default http://127.0.0.1:4200/api)."
 )
 app.add_typer(server.app, name="server")
+app.add_typer(scheduler.app, name="scheduler")
 app.add_typer(deployments.app, name="deployment")
 app.add_typer(work_queues.app, name="work-queue")
 app.add_typer(flow_runs.app, name="flow-run")

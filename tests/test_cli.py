@@ -468,3 +468,73 @@ def test_param_value_is_json_when_it_parses_else_a_string(text: str, key: str,
 ])
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+# --- upcoming, backfill, scheduler ---------------------------------------------------------------
+
+
+def test_upcoming_lists_instants_in_utc_and_local_time_with_dst_flags(server: Any, project: Path
+                                                                       ) -> None:
+    assert cli(server.url, "deployment", "create", "etl.py", cwd=project).code == 0
+    got = cli(server.url, "deployment", "upcoming", "etl/nightly", "-n", "2",
+              "--after", "2026-10-24T12:00", "--json").json()
+    assert got == [
+        {"scheduled_time": "2026-10-25T00:00:00Z", "local_time": "2026-10-25T02:00:00+02:00",
+         "schedule": got[0]["schedule"], "dst": "fold"},
+        {"scheduled_time": "2026-10-26T01:00:00Z", "local_time": "2026-10-26T02:00:00+01:00",
+         "schedule": got[0]["schedule"], "dst": None},
+    ]
+    table = cli(server.url, "deployment", "upcoming", "etl/nightly", "-n", "1",
+                "--after", "2026-10-24T12:00")
+    assert "2026-10-25 00:00:00" in table.stdout and "fold" in table.stdout
+
+
+def test_backfill_dry_run_then_real_then_again(server: Any, project: Path) -> None:
+    assert cli(server.url, "deployment", "create", "etl.py", cwd=project).code == 0
+    window = ("--start", "2026-11-01", "--end", "2026-11-03T00:00")
+    dry = cli(server.url, "deployment", "backfill", "etl/nightly", *window, "--dry-run", "--json")
+    real = cli(server.url, "deployment", "backfill", "etl/nightly", *window, "--json")
+    again = cli(server.url, "deployment", "backfill", "etl/nightly", *window)
+    assert [r["scheduled_time"] for r in dry.json()["runs"]] == [
+        "2026-11-01T01:00:00Z", "2026-11-02T01:00:00Z"]
+    assert real.json()["runs"] == dry.json()["runs"]
+    assert again.code == 0 and "created 0 runs; 2 slots already had one" in again.stdout
+    runs = cli(server.url, "flow-run", "ls", "--deployment", "etl/nightly", "--json").json()
+    assert len(runs) == 2
+    reversed_window = cli(server.url, "deployment", "backfill", "etl/nightly",
+                          "--start", "2026-11-05", "--end", "2026-11-01")
+    assert_user_error(reversed_window, "ends before it starts")
+
+
+def test_scheduler_once_materialises_the_deployments(tmp_path: Path, project: Path) -> None:
+    home = {"OSTINATO_HOME": str(tmp_path / "home")}
+    port = closed_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "server", "start",
+                               "--port", str(port)], env={**os.environ, **home,
+                                                          "OSTINATO_RUN_SCHEDULER": "false"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_health(api)
+        assert cli(api, "deployment", "create", "etl.py", cwd=project).code == 0
+        once = cli(api, "scheduler", "start", "--once", env=home)
+        again = cli(api, "scheduler", "start", "--once", env=home)
+        runs = cli(api, "flow-run", "ls", "--limit", "1000", "--json").json()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)
+    assert once.code == 0 and again.code == 0, once.stderr + again.stderr
+    assert f"materialised {len(runs)} runs for 2 schedules" in once.stdout
+    assert "materialised 0 runs for 0 schedules" in again.stdout
+    assert {r["deployment"] for r in runs} == {"etl/nightly", "etl/hourly"}
+
+
+def _wait_for_health(api: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("server did not answer /api/health within 15 s")
