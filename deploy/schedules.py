@@ -16,25 +16,24 @@ The DST rule for cron is the one of Vixie/ISC cron(8), made explicit and configu
   fold every matching instant runs (an hourly job runs 25 times on a fall-back day and 23 times on
   a spring-forward day); instants whose wall time occurs twice are flagged `dst="fold"`.
 
-croniter's own timezone handling is not used: it is iterated over naive wall-clock times, and each
-wall time is resolved here with zoneinfo. Intervals that are whole days, and RRules, name wall
-times too and follow the fixed-time rule with the defaults (shift, first); shorter intervals are
-exact elapsed time from their anchor.
+croniter's own timezone handling is not used: cron expressions are walked over naive wall-clock
+times (`cronfields`), and each wall time is resolved with zoneinfo (`walltime`). Intervals that are
+whole days, and RRules, name wall times too and follow the fixed-time rule with the defaults (shift,
+first); shorter intervals are exact elapsed time from their anchor.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import heapq
+import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
 from dateutil.rrule import rrule, rruleset, rrulestr
 from pydantic import (
     BaseModel,
@@ -46,15 +45,44 @@ from pydantic import (
     model_validator,
 )
 
+from ostinato.deploy.cronfields import check_cron, cron_walls, expand_cron
 from ostinato.deploy.errors import InvalidInput
+from ostinato.deploy.walltime import (
+    Instant,
+    Resolver,
+    ambiguous,
+    first_wall,
+    in_time_order,
+    resolve_fixed,
+    resolve_real,
+    to_utc,
+    wall,
+)
+
+__all__ = [
+    "DEFAULT_ANCHOR",
+    "SCHEDULE_ADAPTER",
+    "Cron",
+    "Instant",
+    "Interval",
+    "RRule",
+    "Schedule",
+    "ScheduleBase",
+    "parse_schedule",
+]
 
 DEFAULT_ANCHOR = datetime(2020, 1, 1)
 """Midnight 2020-01-01, read in the schedule's timezone: the default phase of intervals/rrules."""
 
-_MAX_FOLD = timedelta(hours=3)
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_YEARS = range(1900, 9001)  # bounds and anchors; leaves room for date arithmetic either side
+
+
+def _in_years(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.year not in _YEARS:
+        raise ValueError(f"{moment.isoformat()} is outside the years {_YEARS[0]}-{_YEARS[-1]}")
+    return moment
 _OFFSET_RE = re.compile(r"^\s*(?:UTC|GMT|Z)?\s*[+-]\s*\d", re.IGNORECASE)
-_RANDOM_RE = re.compile(r"\b[HR]\b", re.IGNORECASE)
 _CALENDAR_DURATION_RE = re.compile(r"^P[^T]*[YM]", re.IGNORECASE)
 _RRULE_PERIODS = {
     "SECONDLY": timedelta(seconds=1),
@@ -63,27 +91,6 @@ _RRULE_PERIODS = {
     "DAILY": timedelta(days=1),
     "WEEKLY": timedelta(weeks=1),
 }
-_CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
-_CRON_ALIASES = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
-
-DstFlag = Literal["shifted", "fold"]
-
-
-@dataclass(frozen=True)
-class Instant:
-    """One nominal fire time: `time` in UTC, `local_time` in the schedule's zone, DST flag."""
-
-    time: datetime
-    local_time: datetime
-    dst: DstFlag | None = None
 
 
 # --- validation helpers -------------------------------------------------------------------------
@@ -98,48 +105,6 @@ def _check_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f'unknown timezone "{name}"; {hint}') from None
     return name
-
-
-def _expand_cron(text: str) -> str:
-    """The 5-field form of a cron expression (aliases expanded, whitespace collapsed)."""
-    normal = " ".join(text.split())
-    return _CRON_ALIASES.get(normal.lower(), normal)
-
-
-def _field_problem(index: int, value: str) -> str | None:
-    if _RANDOM_RE.search(value):
-        return "uses H/R (hashed or random values are not deterministic)"
-    probe = ["*"] * 5
-    probe[index] = value
-    try:
-        croniter(" ".join(probe))
-    except (ValueError, KeyError, TypeError) as exc:
-        reason = str(exc).rsplit("is not acceptable", 1)[-1].strip(" ,")
-        return reason or "is not valid"
-    return None
-
-
-def _check_cron(text: str) -> str:
-    normal = " ".join(text.split())
-    fields = _expand_cron(normal).split(" ")
-    if len(fields) != 5:
-        raise ValueError(
-            f'invalid cron "{normal}": expected 5 fields (minute hour day-of-month month '
-            f"day-of-week) or an alias such as @daily, got {len(fields)}"
-        )
-    for index, value in enumerate(fields):
-        problem = _field_problem(index, value)
-        if problem:
-            raise ValueError(
-                f'invalid cron "{normal}": {_CRON_FIELDS[index]} field "{value}" {problem}'
-            )
-    try:
-        croniter(" ".join(fields), DEFAULT_ANCHOR).get_next(datetime)
-    except CroniterBadDateError:
-        raise ValueError(f'invalid cron "{normal}": it never fires') from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f'invalid cron "{normal}": {exc}') from None
-    return normal
 
 
 def _parse_rrule(text: str) -> rrule | rruleset:
@@ -213,6 +178,11 @@ class ScheduleBase(BaseModel):
             )
         return value
 
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_bound(cls, value: datetime | None) -> datetime | None:
+        return _in_years(value)
+
     @field_validator("jitter")
     @classmethod
     def _valid_jitter(cls, value: timedelta) -> timedelta:
@@ -245,7 +215,7 @@ class ScheduleBase(BaseModel):
 
     def aware(self, moment: datetime | None) -> datetime | None:
         """`moment` as an aware UTC datetime; a naive one is a wall time in this zone."""
-        return None if moment is None else _to_utc(moment, self.zone)
+        return None if moment is None else to_utc(moment, self.zone)
 
     def next_instants(
         self, after: datetime, count: int | None = None, until: datetime | None = None
@@ -260,7 +230,7 @@ class ScheduleBase(BaseModel):
             lower = start - timedelta(microseconds=1)
         stops = [t for t in (until_utc, self.aware(self.end)) if t is not None]
         limit = min(stops) if stops else None
-        return _take(self._stream(lower), lower, count, limit)
+        return _take(self._stream(lower), count, limit)
 
     def jittered(self, nominal: datetime, next_nominal: datetime | None, seed: str) -> datetime:
         """`nominal` plus a deterministic delay in [0, jitter), strictly before `next_nominal`."""
@@ -275,6 +245,7 @@ class ScheduleBase(BaseModel):
         return nominal + timedelta(microseconds=delay)
 
     def _stream(self, after: datetime) -> Iterator[Instant]:
+        """Every instant strictly after `after`, in time order, lazily: callers take a few."""
         raise NotImplementedError
 
 
@@ -294,12 +265,12 @@ class Cron(ScheduleBase):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        return _check_cron(value)
+        return check_cron(value)
 
     @property
     def expression(self) -> str:
         """The 5-field expression, aliases expanded."""
-        return _expand_cron(self.cron)
+        return expand_cron(self.cron)
 
     @property
     def fixed_time(self) -> bool:
@@ -308,14 +279,17 @@ class Cron(ScheduleBase):
         return "*" not in minute and "*" not in hour
 
     def _stream(self, after: datetime) -> Iterator[Instant]:
-        start = _wall(after, self.zone) - _MAX_FOLD
-        batches = ((w, self._resolve(w)) for w in _cron_walls(self.expression, start))
-        return _in_order(batches, self.zone, after)
+        zone = self.zone
+        walls = cron_walls(self.expression, first_wall(after, zone))
+        return in_time_order(walls, zone, after, self._resolver(zone))
 
-    def _resolve(self, wall: datetime) -> list[Instant]:
+    def _resolver(self, zone: ZoneInfo) -> Resolver:
+        """How a wall time in a gap or a fold runs: the DST rule of the module docstring."""
         if self.fixed_time:
-            return _resolve_fixed(wall, self.zone, self.on_gap, self.on_fold)
-        return _resolve_real(wall, self.zone)
+            return functools.partial(
+                resolve_fixed, zone=zone, on_gap=self.on_gap, on_fold=self.on_fold
+            )
+        return functools.partial(resolve_real, zone=zone)
 
 
 class Interval(ScheduleBase):
@@ -329,6 +303,11 @@ class Interval(ScheduleBase):
         if every is not None:
             data["every"] = every
         super().__init__(**data)
+
+    @field_validator("anchor")
+    @classmethod
+    def _valid_anchor(cls, value: datetime | None) -> datetime | None:
+        return _in_years(value)
 
     @field_validator("every", mode="before")
     @classmethod
@@ -352,7 +331,7 @@ class Interval(ScheduleBase):
     def anchor_wall(self) -> datetime:
         """The anchor as a naive wall time in the schedule's zone."""
         anchor = self.anchor or DEFAULT_ANCHOR
-        return anchor if anchor.tzinfo is None else _wall(anchor, self.zone)
+        return anchor if anchor.tzinfo is None else wall(anchor, self.zone)
 
     def _stream(self, after: datetime) -> Iterator[Instant]:
         if self.whole_days:
@@ -360,16 +339,18 @@ class Interval(ScheduleBase):
         return self._exact_steps(after)
 
     def _wall_steps(self, after: datetime) -> Iterator[Instant]:
-        first = (_wall(after, self.zone) - self.anchor_wall) // self.every - 1
-        walls = _stepped(self.anchor_wall, self.every, first)
-        batches = ((w, _resolve_fixed(w, self.zone, "shift", "first")) for w in walls)
-        return _in_order(batches, self.zone, after)
+        zone, anchor = self.zone, self.anchor_wall
+        first = (wall(after, zone) - anchor) // self.every - 1
+        walls = _stepped(anchor, self.every, first)
+        return in_time_order(walls, zone, after, _fixed_defaults(zone))
 
     def _exact_steps(self, after: datetime) -> Iterator[Instant]:
-        anchor = _to_utc(self.anchor or DEFAULT_ANCHOR, self.zone)
+        zone = self.zone
+        anchor = to_utc(self.anchor or DEFAULT_ANCHOR, zone)
         first = (after - anchor) // self.every + 1
         for moment in _stepped(anchor, self.every, first):
-            yield _instant(moment, self.zone, "fold" if _ambiguous(moment, self.zone) else None)
+            local = moment.astimezone(zone)
+            yield Instant(moment, local, "fold" if ambiguous(local, zone) else None)
 
 
 class RRule(ScheduleBase):
@@ -389,10 +370,10 @@ class RRule(ScheduleBase):
         return _check_rrule(value)
 
     def _stream(self, after: datetime) -> Iterator[Instant]:
-        start = _wall(after, self.zone) - _MAX_FOLD
+        zone = self.zone
+        start = first_wall(after, zone)
         walls = _fast_forward(_parse_rrule(self.rrule), start).xafter(start, inc=False)
-        batches = ((w, _resolve_fixed(w, self.zone, "shift", "first")) for w in walls)
-        return _in_order(batches, self.zone, after)
+        return in_time_order(walls, zone, after, _fixed_defaults(zone))
 
 
 Schedule = Annotated[Cron | Interval | RRule, Field(discriminator="kind")]
@@ -423,118 +404,6 @@ def parse_schedule(data: dict[str, Any]) -> Cron | Interval | RRule:
         raise InvalidInput(_one_line(exc)) from None
 
 
-# --- wall-clock arithmetic ----------------------------------------------------------------------
-
-
-def _wall(moment: datetime, zone: ZoneInfo) -> datetime:
-    return moment.astimezone(zone).replace(tzinfo=None)
-
-
-def _to_utc(moment: datetime, zone: ZoneInfo) -> datetime:
-    """An aware moment in UTC; a naive one is a wall time in `zone` (gap: shift, fold: first)."""
-    if moment.tzinfo is None:
-        return _resolve_fixed(moment, zone, "shift", "first")[0].time
-    return moment.astimezone(UTC)
-
-
-def _instant(moment: datetime, zone: ZoneInfo, dst: DstFlag | None) -> Instant:
-    utc = moment.astimezone(UTC)
-    return Instant(time=utc, local_time=utc.astimezone(zone), dst=dst)
-
-
-def _occurrences(wall: datetime, zone: ZoneInfo) -> list[datetime]:
-    """The UTC instants whose local wall time is `wall`: none (gap), one, or two (fold)."""
-    found: set[datetime] = set()
-    for fold in (0, 1):
-        moment = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
-        if _wall(moment, zone) == wall:
-            found.add(moment)
-    return sorted(found)
-
-
-def _ambiguous(moment: datetime, zone: ZoneInfo) -> bool:
-    return len(_occurrences(_wall(moment, zone), zone)) > 1
-
-
-def _gap_end(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The first instant after the gap that swallows `wall` (binary search on whole seconds)."""
-    low = wall.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(microsecond=0)
-    high = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-    steps_low, steps_high = 0, int((high - low).total_seconds()) + 1
-    while steps_high - steps_low > 1:
-        middle = (steps_low + steps_high) // 2
-        if _wall(low + timedelta(seconds=middle), zone) > wall:
-            steps_high = middle
-        else:
-            steps_low = middle
-    return low + timedelta(seconds=steps_high)
-
-
-def _resolve_fixed(wall: datetime, zone: ZoneInfo, on_gap: str, on_fold: str) -> list[Instant]:
-    """The fixed-time rule: a gap shifts (or skips), a fold picks first/second/both."""
-    found = _occurrences(wall, zone)
-    if not found:
-        return [] if on_gap == "skip" else [_instant(_gap_end(wall, zone), zone, "shifted")]
-    if len(found) == 1:
-        return [_instant(found[0], zone, None)]
-    chosen = {"first": found[:1], "second": found[1:], "both": found}[on_fold]
-    return [_instant(moment, zone, "fold") for moment in chosen]
-
-
-def _resolve_real(wall: datetime, zone: ZoneInfo) -> list[Instant]:
-    """The real-time rule: nothing in a gap, every occurrence in a fold."""
-    found = _occurrences(wall, zone)
-    flag: DstFlag | None = "fold" if len(found) > 1 else None
-    return [_instant(moment, zone, flag) for moment in found]
-
-
-def _cron_walls(expression: str, start: datetime) -> Iterator[datetime]:
-    """Naive wall times matching `expression`, strictly after `start`."""
-    walls = croniter(expression, start)
-    while True:
-        try:
-            yield walls.get_next(datetime)
-        except (CroniterBadDateError, OverflowError, ValueError):
-            return
-
-
-def _stepped(origin: datetime, step: timedelta, first: int) -> Iterator[datetime]:
-    """origin + k*step for k = first, first+1, ... until the datetime range ends."""
-    index = first
-    while True:
-        try:
-            yield origin + index * step
-        except OverflowError:
-            return
-        index += 1
-
-
-def _in_order(
-    batches: Iterable[tuple[datetime, list[Instant]]], zone: ZoneInfo, after: datetime
-) -> Iterator[Instant]:
-    """Merge per-wall-time instants into one increasing stream strictly after `after`.
-
-    Walls arrive in increasing order; an instant from a later wall is never earlier than the
-    current wall's instant minus the longest fold, so anything before that bound is final.
-    """
-    heap: list[tuple[datetime, int, int, Instant]] = []
-    last: datetime | None = None
-    for seq, (wall, instants) in enumerate(batches):
-        for item in instants:
-            if item.time > after:
-                heapq.heappush(heap, (item.time, item.dst is not None, seq, item))
-        bound = wall.replace(tzinfo=zone).astimezone(UTC) - _MAX_FOLD
-        while heap and heap[0][0] < bound:
-            item = heapq.heappop(heap)[3]
-            if item.time != last:
-                last = item.time
-                yield item
-    for _, _, _, item in sorted(heap):
-        if item.time != last:
-            last = item.time
-            yield item
-
-
 def _check_window(
     after: datetime, count: int | None, until: datetime | None
 ) -> tuple[datetime, datetime | None]:
@@ -547,14 +416,23 @@ def _check_window(
     return after.astimezone(UTC), until.astimezone(UTC) if until is not None else None
 
 
-def _take(
-    stream: Iterator[Instant], after: datetime, count: int | None, limit: datetime | None
-) -> list[Instant]:
-    taken: list[Instant] = []
-    while count is None or len(taken) < count:
-        item = next(stream, None)
-        if item is None or (limit is not None and item.time > limit):
-            break
-        if item.time > after:
-            taken.append(item)
-    return taken
+def _take(stream: Iterator[Instant], count: int | None, limit: datetime | None) -> list[Instant]:
+    if limit is not None:
+        stream = itertools.takewhile(lambda item: item.time <= limit, stream)
+    return list(itertools.islice(stream, count))
+
+
+def _fixed_defaults(zone: ZoneInfo) -> Resolver:
+    """The fixed-time rule with its defaults, for intervals of whole days and rrules."""
+    return functools.partial(resolve_fixed, zone=zone, on_gap="shift", on_fold="first")
+
+
+def _stepped(origin: datetime, step: timedelta, first: int) -> Iterator[datetime]:
+    """origin + k*step for k = first, first+1, ... until the datetime range ends."""
+    index = first
+    while True:
+        try:
+            yield origin + index * step
+        except OverflowError:
+            return
+        index += 1

@@ -11,18 +11,22 @@ Australia/Lord_Howe  spring 10-05 15:30Z 02:00 +10:30 -> 02:30 +11
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from ostinato.deploy.cronfields import cron_fields
 from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.schedules import (
     Cron,
@@ -32,6 +36,16 @@ from ostinato.deploy.schedules import (
     Schedule,
     ScheduleBase,
     parse_schedule,
+)
+from ostinato.deploy.walltime import (
+    MAX_FOLD,
+    DstFlag,
+    Resolver,
+    occurrences,
+    resolve_fixed,
+    resolve_real,
+    to_utc,
+    wall,
 )
 
 NY, LONDON, LORD_HOWE = "America/New_York", "Europe/London", "Australia/Lord_Howe"
@@ -523,34 +537,43 @@ cron_exprs = st.tuples(
     st.sampled_from(["*", "*", "3", "10,11", "*/3"]),
     st.sampled_from(["*", "*", "0", "1-5", "sun"]),
 ).map(" ".join)
+wildcard_exprs = cron_exprs.filter(lambda e: "*" in "".join(e.split(" ")[:2]))
 random_afters = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31))
+ZONES = [
+    NY, LONDON, LORD_HOWE, "UTC", "Europe/Paris", "America/Santiago", "Asia/Tehran",
+    "Asia/Kathmandu",
+]
 
 
-def _transitions(zone: str, year: int) -> list[datetime]:
-    """UTC hours just after the zone's offset changed in `year` (found by scanning)."""
+@functools.cache
+def _transitions(zone: str) -> list[datetime]:
+    """Whole UTC hours at or just after each change of the zone's offset in 2021."""
     tz, found = ZoneInfo(zone), []
-    moment = datetime(year, 1, 1, tzinfo=UTC)
-    while moment.year == year:
-        if (
-            moment.astimezone(tz).utcoffset()
-            != (moment - timedelta(hours=1)).astimezone(tz).utcoffset()
-        ):
-            found.append(moment)
-        moment += timedelta(hours=1)
-    return found
-
-
-ZONES = [NY, LONDON, LORD_HOWE, "UTC", "Europe/Paris", "America/Santiago", "Asia/Tehran"]
-NEAR_TRANSITIONS = sorted({t for zone in ZONES for t in _transitions(zone, 2021)})
+    moment = datetime(2021, 1, 1, tzinfo=UTC)
+    previous = moment.astimezone(tz).utcoffset()
+    while moment.year == 2021:
+        offset = moment.astimezone(tz).utcoffset()
+        found += [moment] if offset != previous else []
+        previous, moment = offset, moment + timedelta(hours=1)
+    return found or [moment]
 
 
 @st.composite
-def afters(draw: st.DrawFn) -> datetime:
-    """Aware UTC times, half of them within 4 hours before a DST transition."""
+def zones_and_afters(draw: st.DrawFn) -> tuple[str, datetime]:
+    """A zone and an aware UTC time, half the time within 4 hours before one of its transitions."""
+    zone = draw(st.sampled_from(ZONES))
     if draw(st.booleans()):
-        return draw(random_afters).replace(tzinfo=UTC)
-    base = draw(st.sampled_from(NEAR_TRANSITIONS))
-    return base - timedelta(seconds=draw(st.integers(0, 4 * 3600)))
+        return zone, draw(random_afters).replace(tzinfo=UTC)
+    base = draw(st.sampled_from(_transitions(zone)))
+    return zone, base - timedelta(seconds=draw(st.integers(0, 4 * 3600)))
+
+
+def _matching_walls(expr: str, first: datetime, last: datetime) -> set[datetime]:
+    """Every naive wall time from `first` to `last` that the cron expression names."""
+    walls, it = set(), croniter(expr, first - timedelta(minutes=1))
+    while (wall := it.get_next(datetime)) <= last:
+        walls.add(wall)
+    return walls
 
 
 def _check_stream(schedule: ScheduleBase, after: datetime, got: list[Instant]) -> None:
@@ -562,10 +585,11 @@ def _check_stream(schedule: ScheduleBase, after: datetime, got: list[Instant]) -
 
 
 @settings(max_examples=50, deadline=None)
-@given(expr=cron_exprs, zone=st.sampled_from(ZONES), after=afters(), count=st.integers(1, 30))
+@given(expr=cron_exprs, zone_after=zones_and_afters(), count=st.integers(1, 30))
 def test_cron_instants_increase_and_match(
-    expr: str, zone: str, after: datetime, count: int
+    expr: str, zone_after: tuple[str, datetime], count: int
 ) -> None:
+    zone, after = zone_after
     schedule = Cron(expr, timezone=zone, on_fold="both")
     got = schedule.next_instants(after.astimezone(ZoneInfo(zone)), count=count)
     assert len(got) == count
@@ -576,27 +600,30 @@ def test_cron_instants_increase_and_match(
 
 
 @settings(max_examples=50, deadline=None)
-@given(expr=cron_exprs, zone=st.sampled_from(ZONES), after=afters())
-def test_wildcard_cron_misses_no_matching_minute(expr: str, zone: str, after: datetime) -> None:
+@given(expr=wildcard_exprs, zone_after=zones_and_afters())
+def test_wildcard_cron_runs_every_matching_minute(
+    expr: str, zone_after: tuple[str, datetime]
+) -> None:
+    zone, after = zone_after
     schedule = Cron(expr, timezone=zone)
-    until = after + timedelta(hours=6)
-    got = {i.time for i in schedule.next_instants(after, until=until)}
-    minute = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    assert got <= {i.time for i in schedule.next_instants(after, count=len(got) + 1)}
-    while minute <= until and not schedule.fixed_time:
-        wall = minute.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
-        assert (minute in got) == croniter.match(schedule.expression, wall)
-        minute += timedelta(minutes=1)
+    until = after + timedelta(hours=8)
+    got = [i.time for i in schedule.next_instants(after, until=until)]
+    minutes = [after.replace(second=0, microsecond=0) + timedelta(minutes=n) for n in range(481)]
+    walls = {m: m.astimezone(ZoneInfo(zone)).replace(tzinfo=None) for m in minutes}
+    matching = _matching_walls(expr, min(walls.values()), max(walls.values()))
+    assert got == [m for m in minutes if after < m <= until and walls[m] in matching]
 
 
 @settings(max_examples=50, deadline=None)
 @given(
-    seconds=st.integers(1, 4 * 86400),
+    seconds=st.integers(1, 4 * 86400).filter(lambda n: n % 86400 != 0),
     days=st.integers(0, 3),
-    zone=st.sampled_from(ZONES),
-    after=afters(),
+    zone_after=zones_and_afters(),
 )
-def test_interval_instants_increase(seconds: int, days: int, zone: str, after: datetime) -> None:
+def test_interval_instants_increase(
+    seconds: int, days: int, zone_after: tuple[str, datetime]
+) -> None:
+    zone, after = zone_after
     every = timedelta(days=days) if days else timedelta(seconds=seconds)
     schedule = Interval(every, timezone=zone, anchor=datetime(2021, 6, 1, 2, 30))
     got = schedule.next_instants(after, count=20)
@@ -606,3 +633,167 @@ def test_interval_instants_increase(seconds: int, days: int, zone: str, after: d
         assert {(i.local_time.hour, i.local_time.minute) for i in plain} <= {(2, 30)}
     else:
         assert {b.time - a.time for a, b in zip(got, got[1:], strict=False)} == {every}
+
+
+# --- the fast paths against the plain definitions ------------------------------------------------
+
+any_cron_exprs = st.tuples(
+    st.sampled_from(["0", "30", "5,35", "10-20/5", "*", "*/15", "59", "*/7"]),
+    st.sampled_from(["*", "0", "2", "1-3", "*/2", "0,12", "23"]),
+    st.sampled_from(["*", "1", "15", "L", "29", "31", "1,L", "30,31", "*/10"]),
+    st.sampled_from(["*", "2", "10,11", "*/3", "feb,mar", "4-9"]),
+    st.sampled_from(["*", "0", "1-5", "sun", "6,7", "5", "5-0", "1-7/2"]),
+).map(" ".join)
+dst_hour_exprs = st.tuples(
+    st.sampled_from(["0", "30", "5,35", "0,30,45", "15-45/15", "*/20", "*"]),
+    st.sampled_from(["1", "2", "1,2", "0-3", "23", "*", "*/3"]),
+).map(lambda fields: " ".join(fields) + " * * *")
+
+
+def _fires(expr: str) -> bool:
+    try:
+        Cron(expr)
+    except ValidationError:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    expr=any_cron_exprs,
+    start=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+)
+def test_cron_walk_matches_croniter(expr: str, start: datetime) -> None:
+    assume(_fires(expr))
+    fields = cron_fields(expr)
+    assert fields is not None
+    ours = list(itertools.islice(fields.walls_after(start), 25))
+    theirs = croniter(expr, start)
+    assert ours == [theirs.get_next(datetime) for _ in range(25)]
+
+
+def test_cron_walk_leaves_nth_weekday_and_nearest_weekday_to_croniter() -> None:
+    assert cron_fields("0 0 * * 1#2") is None
+    assert cron_fields("0 0 15W * *") is None
+    assert cron_fields("0 0 L * 5") is not None
+
+
+def _in_reference_order(
+    walls: Iterable[datetime], resolve: Resolver, after: datetime, count: int | None
+) -> list[Instant]:
+    """The plain definition: every wall time's instants after `after`, ordered by time, then
+    unflagged first, then wall order; of equal instants only the first."""
+    found = sorted(
+        (item.time, item.dst is not None, seq, item)
+        for seq, wall_time in enumerate(walls)
+        for item in resolve(wall_time)
+        if item.time > after
+    )
+    firsts = [found[0]] if found else []
+    firsts += [this for previous, this in itertools.pairwise(found) if this[0] != previous[0]]
+    return [item for *_, item in firsts][:count]
+
+
+def _reference_cron(schedule: Cron, after: datetime, until: datetime, count: int | None
+                    ) -> list[Instant]:
+    """What `next_instants` returned before the fast path: croniter's wall times from a fold's
+    length before `after`, each resolved on its own."""
+    zone = schedule.zone
+    walls, found = croniter(schedule.expression, wall(after, zone) - MAX_FOLD), []
+    while (wall_time := walls.get_next(datetime)) <= wall(until, zone) + MAX_FOLD:
+        found.append(wall_time)
+    if schedule.fixed_time:
+        resolve: Resolver = functools.partial(
+            resolve_fixed, zone=zone, on_gap=schedule.on_gap, on_fold=schedule.on_fold
+        )
+    else:
+        resolve = functools.partial(resolve_real, zone=zone)
+    in_window = _in_reference_order(found, resolve, after, None)
+    return [i for i in in_window if i.time <= until][:count]
+
+
+def _exactly(instants: list[Instant]) -> list[tuple[Any, ...]]:
+    """Instants with what `==` overlooks: the fold and offset of the local time."""
+    return [(i.time, i.local_time, i.local_time.fold, i.local_time.utcoffset(), i.dst)
+            for i in instants]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    expr=st.one_of(dst_hour_exprs, cron_exprs, any_cron_exprs),
+    zone_after=zones_and_afters(),
+    hours=st.integers(0, 30),
+    count=st.none() | st.integers(0, 100),
+    on_gap=st.sampled_from(["shift", "skip"]),
+    on_fold=st.sampled_from(["first", "second", "both"]),
+)
+def test_cron_fast_path_matches_the_reference(
+    expr: str, zone_after: tuple[str, datetime], hours: int, count: int | None, on_gap: Any,
+    on_fold: Any,
+) -> None:
+    assume(_fires(expr))
+    zone, after = zone_after
+    schedule = Cron(expr, timezone=zone, on_gap=on_gap, on_fold=on_fold)
+    until = after + timedelta(hours=hours, minutes=15)
+    got = schedule.next_instants(after, count=count, until=until)
+    assert _exactly(got) == _exactly(_reference_cron(schedule, after, until, count))
+
+
+def _reference_interval(schedule: Interval, after: datetime, count: int) -> list[Instant]:
+    zone = schedule.zone
+    if schedule.whole_days:
+        origin = schedule.anchor_wall
+        first = (wall(after, zone) - origin) // schedule.every - 1
+        walls = [origin + k * schedule.every for k in range(first, first + count + 5)]
+        resolve = functools.partial(resolve_fixed, zone=zone, on_gap="shift", on_fold="first")
+        return _in_reference_order(walls, resolve, after, count)
+    origin = resolve_fixed(schedule.anchor_wall, zone, "shift", "first")[0].time
+    first = (after - origin) // schedule.every + 1
+    moments = [origin + k * schedule.every for k in range(first, first + count)]
+    return [Instant(m, m.astimezone(zone), _fold_flag(m, zone)) for m in moments]
+
+
+def _fold_flag(moment: datetime, zone: ZoneInfo) -> DstFlag | None:
+    return "fold" if len(occurrences(wall(moment, zone), zone)) > 1 else None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seconds=st.integers(1, 2 * 86400),
+    days=st.integers(0, 3),
+    zone_after=zones_and_afters(),
+    count=st.integers(0, 40),
+    anchor=st.sampled_from([(2021, 3, 28, 2, 30), (2021, 10, 31, 2, 30), (2021, 4, 4, 1, 45)]),
+)
+def test_interval_fast_path_matches_the_reference(
+    seconds: int, days: int, zone_after: tuple[str, datetime], count: int, anchor: tuple[int, ...]
+) -> None:
+    zone, after = zone_after
+    every = timedelta(days=days) if days else timedelta(seconds=seconds)
+    schedule = Interval(every, timezone=zone, anchor=datetime(*anchor))
+    got = schedule.next_instants(after, count=count)
+    assert _exactly(got) == _exactly(_reference_interval(schedule, after, count))
+
+
+@settings(max_examples=100, deadline=None)
+@given(zone_after=zones_and_afters(), minutes=st.integers(-300, 300))
+def test_naive_times_read_as_wall_times_match_the_reference(
+    zone_after: tuple[str, datetime], minutes: int
+) -> None:
+    zone, after = zone_after
+    naive = wall(after, ZoneInfo(zone)) + timedelta(minutes=minutes)
+    expected = resolve_fixed(naive, ZoneInfo(zone), "shift", "first")[0].time
+    assert to_utc(naive, ZoneInfo(zone)) == expected
+
+
+@pytest.mark.parametrize("field", ["start", "end"])
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_bounds_far_outside_any_schedule_are_refused_with_one_line(field: str, moment: str
+                                                                   ) -> None:
+    with pytest.raises(InvalidInput, match="outside the years 1900-9000"):
+        parse_schedule({"kind": "cron", "cron": "0 2 * * *", field: moment})
+
+
+def test_an_anchor_outside_the_supported_years_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="outside the years"):
+        parse_schedule({"kind": "interval", "every": 60, "anchor": "1000-01-01T00:00:00"})
