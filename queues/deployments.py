@@ -32,7 +32,15 @@ from ostinato.deploy.schemas import (
 )
 from ostinato.deploy.states import Reason, StateType
 from ostinato.queues import runs
-from ostinato.queues.tables import bundles, deployments, flow_runs, flows, schedules, utcnow
+from ostinato.queues.tables import (
+    bundles,
+    deployments,
+    flow_runs,
+    flows,
+    new_id,
+    schedules,
+    utcnow,
+)
 
 _SCHEDULE: TypeAdapter[Cron | Interval | RRule] = TypeAdapter(Schedule)
 ACTOR = "server"
@@ -93,14 +101,14 @@ def _columns(spec: DeploymentSpec) -> dict[str, Any]:
 def _flow_id(conn: Connection, name: str) -> uuid.UUID:
     """The flow's id, creating the flow if needed (concurrent creators agree on one row)."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(dialect_insert(flows).values(id=uuid.uuid4(), name=name, created=utcnow())
+    conn.execute(dialect_insert(flows).values(id=new_id(), name=name, created=utcnow())
                  .on_conflict_do_nothing(index_elements=["name"]))
     found: uuid.UUID = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar_one()
     return found
 
 
 def _insert(conn: Connection, spec: DeploymentSpec) -> None:
-    deployment_id = uuid.uuid4()
+    deployment_id = new_id()
     conn.execute(insert(deployments).values(
         id=deployment_id, flow_id=_flow_id(conn, spec.flow), name=spec.name,
         full_name=spec.full_name, paused=spec.paused, created=utcnow(), **_columns(spec),
@@ -111,7 +119,7 @@ def _insert(conn: Connection, spec: DeploymentSpec) -> None:
 def _insert_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any]) -> None:
     if items:
         conn.execute(insert(schedules), [
-            {"id": uuid.uuid4(), "deployment_id": deployment_id, "slug": s.slug, "position": i,
+            {"id": new_id(), "deployment_id": deployment_id, "slug": s.slug, "position": i,
              "definition": s.model_dump(mode="json"), "active": s.active, "created": utcnow()}
             for i, s in enumerate(items)
         ])

@@ -19,7 +19,7 @@ from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import LATE_NAME, StateType
 from ostinato.queues.database import json_array_contains
-from ostinato.queues.tables import flow_run_states, flow_runs, utcnow
+from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
 MAX_PAGE = 1000
@@ -44,7 +44,7 @@ def new_run_values(**values: Any) -> dict[str, Any]:
     """Column values of a fresh SCHEDULED run; callers give identity, times, parameters, tags."""
     now = utcnow()
     return {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "state": StateType.SCHEDULED.value,
         "state_name": StateType.SCHEDULED.display_name,
         "attempt": 1,

@@ -7,6 +7,8 @@ what lets any number of schedulers insert the same slot without ever creating it
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -37,6 +39,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    """A time-ordered UUID (the layout of UUIDv7: milliseconds, then random bits).
+
+    Rows created together sit together in the primary-key index, which makes bulk inserts of
+    runs markedly faster on SQLite than with random UUIDv4 keys.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    return uuid.UUID(int=value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -78,7 +92,7 @@ class Base(DeclarativeBase):
 
 
 def _id() -> Mapped[uuid.UUID]:
-    return mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    return mapped_column(Uuid, primary_key=True, default=new_id)
 
 
 def _created() -> Mapped[datetime]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -10,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ostinato.deploy.errors import Conflict, NotFound
 from ostinato.deploy.schemas import WorkQueue, WorkQueueSpec, WorkQueueUpdate
-from ostinato.queues.tables import utcnow, work_queues
+from ostinato.queues.tables import new_id, utcnow, work_queues
 
 
 def create(conn: Connection, spec: WorkQueueSpec) -> WorkQueue:
@@ -19,7 +18,7 @@ def create(conn: Connection, spec: WorkQueueSpec) -> WorkQueue:
     now = utcnow()
     try:
         conn.execute(insert(work_queues).values(
-            id=uuid.uuid4(), created=now, updated=now, **spec.model_dump(mode="json")))
+            id=new_id(), created=now, updated=now, **spec.model_dump(mode="json")))
     except IntegrityError as exc:  # a concurrent create of the same name won
         raise Conflict(f"work queue {spec.name!r} already exists") from exc
     return get(conn, spec.name)
