@@ -225,11 +225,8 @@ def list_deployments(
         "--paused/--active", help="Only paused, or only active, deployments.",
         show_default=False,
     )] = None,
-    limit: Annotated[int | None, typer.Option(min=1, max=1000, metavar="N", show_default=False,
-                                              help="At most this many (server default 100).")
-                     ] = None,
-    offset: Annotated[int | None, typer.Option(min=0, metavar="N", show_default=False,
-                                               help="Skip this many first.")] = None,
+    limit: output.Limit = None,
+    offset: output.Offset = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List deployments by name, with their schedules, tags and status."""

@@ -65,11 +65,8 @@ def list_runs(
         "Only runs scheduled at or after this time (UTC unless it has an offset).")] = None,
     before: Annotated[datetime | None, _time_option("Only runs scheduled before this time.")
                       ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, metavar="N", show_default=False,
-                                              help="At most this many (server default 100).")
-                     ] = None,
-    offset: Annotated[int | None, typer.Option(min=0, metavar="N", show_default=False,
-                                               help="Skip this many first.")] = None,
+    limit: output.Limit = None,
+    offset: output.Offset = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List flow runs, latest scheduled time first."""

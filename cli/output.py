@@ -33,6 +33,11 @@ Column = tuple[str, Callable[[Row], str]]
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")
 ]
+Limit = Annotated[int | None, typer.Option(
+    min=1, max=1000, metavar="N", show_default=False,
+    help="At most this many (server default 100).")]
+Offset = Annotated[int | None, typer.Option(
+    min=0, metavar="N", show_default=False, help="Skip this many first.")]
 
 
 def new_app(help_text: str) -> typer.Typer:
