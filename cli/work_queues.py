@@ -129,6 +129,25 @@ def list_queues(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def preview(
+    name: QueueName,
+    hours: Annotated[float, typer.Option(min=0.001, metavar="H",
+                                         help="How far ahead to look, in hours.")] = 1.0,
+    limit: output.Limit = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the waiting runs this queue would hand out in the next hours, in hand-out order."""
+    from ostinato.cli.flow_runs import RUN_COLUMNS
+
+    with output.client() as api:
+        found = api.get(api_path(name, "preview"), hours=hours, limit=limit)
+    if as_json:
+        output.print_json(found)
+    else:
+        output.print_table(found, RUN_COLUMNS, empty=f"no runs for {name} in the next {hours} h")
+
+
+@app.command()
 def inspect(name: QueueName, as_json: JsonFlag = False) -> None:
     """Show one work queue: filter, priority, concurrency limit, status."""
     with output.client() as api:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ostinato.deploy.errors import Conflict, NotFound
-from ostinato.deploy.schemas import WorkQueue, WorkQueueSpec, WorkQueueUpdate
-from ostinato.queues.tables import new_id, utcnow, work_queues
+from ostinato.deploy.schemas import FlowRun, WorkQueue, WorkQueueSpec, WorkQueueUpdate
+from ostinato.deploy.states import StateType
+from ostinato.queues import runs
+from ostinato.queues.filters import sql_filter
+from ostinato.queues.tables import flow_runs, new_id, utcnow, work_queues
 
 
 def create(conn: Connection, spec: WorkQueueSpec) -> WorkQueue:
@@ -52,3 +56,16 @@ def edit(conn: Connection, name: str, changes: WorkQueueUpdate) -> WorkQueue:
 def remove(conn: Connection, name: str) -> None:
     get(conn, name)
     conn.execute(delete(work_queues).where(work_queues.c.name == name))
+
+
+def preview(conn: Connection, name: str, until: datetime, limit: int,
+            late_after: timedelta = runs.DEFAULT_LATE_AFTER) -> list[FlowRun]:
+    """The waiting runs the queue would hand out up to `until`, in hand-out order."""
+    queue = get(conn, name)
+    c = flow_runs.c
+    query = (select(flow_runs)
+             .where(c.state == StateType.SCHEDULED.value, c.scheduled_time <= until,
+                    sql_filter(queue.filter, conn.dialect.name))
+             .order_by(c.scheduled_time, c.id).limit(limit))
+    late_before = utcnow() - late_after
+    return [runs.to_schema(row._mapping, late_before) for row in conn.execute(query)]

@@ -538,3 +538,21 @@ def _wait_for_health(api: str) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError("server did not answer /api/health within 15 s")
+
+
+def test_work_queue_preview_lists_matching_waiting_runs_in_order(server: Any) -> None:
+    seed(server.url)
+    soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
+    for when in (later, soon):
+        assert cli(server.url, "deployment", "run", "etl/nightly", "--at", when).code == 0
+    assert cli(server.url, "work-queue", "create", "nightly", "--tag", "nightly").code == 0
+    assert cli(server.url, "work-queue", "create", "gpu", "--tag", "gpu").code == 0
+    one_hour = cli(server.url, "work-queue", "preview", "nightly", "--json").json()
+    four_hours = cli(server.url, "work-queue", "preview", "nightly", "--hours", "4", "--json")
+    none = cli(server.url, "work-queue", "preview", "gpu")
+    assert [r["deployment"] for r in one_hour] == ["etl/nightly"]
+    times = [r["scheduled_time"] for r in four_hours.json()]
+    assert len(times) == 2 and times == sorted(times)
+    assert none.code == 0 and "no runs for gpu" in none.stdout
+    assert_user_error(cli(server.url, "work-queue", "preview", "nope"), "not found")

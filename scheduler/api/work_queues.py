@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from ostinato.deploy.schemas import WorkQueue, WorkQueueSpec, WorkQueueUpdate
+from fastapi import APIRouter, Query, status
+
+from ostinato.deploy.schemas import FlowRun, WorkQueue, WorkQueueSpec, WorkQueueUpdate
 from ostinato.queues import work_queues
-from ostinato.scheduler.api.dependencies import DatabaseDep
+from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, late_after
 
 router = APIRouter(prefix="/work-queues", tags=["work queues"])
 
@@ -21,6 +24,16 @@ def create(body: WorkQueueSpec, database: DatabaseDep) -> WorkQueue:
 def list_all(database: DatabaseDep) -> list[WorkQueue]:
     with database.read() as conn:
         return work_queues.list_queues(conn)
+
+
+@router.get("/{name}/preview", response_model=list[FlowRun])
+def preview(name: str, database: DatabaseDep, settings: SettingsDep,
+            hours: Annotated[float, Query(gt=0, le=24 * 366)] = 1.0,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[FlowRun]:
+    """The waiting runs this queue would hand out in the next `hours`, in hand-out order."""
+    until = datetime.now(UTC) + timedelta(hours=hours)
+    with database.read() as conn:
+        return work_queues.preview(conn, name, until, limit, late_after(settings))
 
 
 @router.get("/{name}", response_model=WorkQueue)
