@@ -43,4 +43,4 @@ def create(conn: Connection, deployment: Deployment, slots: Sequence[Slot],
             tags=deployment.tags, auto_scheduled=False)
         for slug, nominal in slots
     ]
-    return runs.insert_runs(conn, rows, actor="backfill")
+    return runs.insert_runs(conn, rows)

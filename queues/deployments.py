@@ -271,5 +271,5 @@ def create_manual_run(conn: Connection, full_name: str, request: ManualRunReques
         nominal_time=when, scheduled_time=when, parameters=parameters,
         tags=sorted(set(row.tags) | set(request.tags)), auto_scheduled=False,
     )
-    runs.insert_runs(conn, [values], actor="user")
+    runs.insert_runs(conn, [values])
     return runs.get_run(conn, values["id"])

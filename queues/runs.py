@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ostinato.deploy.errors import NotFound
@@ -70,38 +80,53 @@ def slot_run_values(deployment_id: uuid.UUID, deployment: str, slug: str, nomina
     )
 
 
-def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]], actor: str) -> int:
-    """Insert runs with their first history entry; returns how many were new.
+def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:
+    """Insert runs; returns how many were new.
 
     A run whose identity (deployment, schedule slug, nominal time) exists already is ignored,
-    which is what makes any number of concurrent schedulers safe.
+    which is what makes any number of concurrent schedulers safe. A run's creation — SCHEDULED,
+    by its creator, at its `created` time — is the first entry of its history and is read from
+    the run row (see `state_history`), which halves the writes of materialising runs. A run
+    created in another state (a slot skipped by catch-up) gets that transition stored.
     """
     if not runs:
         return 0
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = dialect_insert(flow_runs).on_conflict_do_nothing(
         index_elements=["deployment_id", "schedule_slug", "nominal_time"])
-    # A plain executemany (no RETURNING) is what both drivers do fastest; the history is then
-    # written from the rows that really went in: a collided run's id was never stored.
     conn.execute(statement, list(runs))
-    inserted = 0
-    for chunk in _chunks([run["id"] for run in runs], 5000):
-        inserted += _record_initial_states(conn, chunk, actor)
-    return inserted
+    skipped_at_birth = [run["id"] for run in runs if run["state"] != StateType.SCHEDULED]
+    for chunk in _chunks(skipped_at_birth, 5000):
+        _record_creation_states(conn, chunk)
+    return sum(_count_stored(conn, chunk) for chunk in _chunks([r["id"] for r in runs], 5000))
+
+
+def _count_stored(conn: Connection, ids: list[uuid.UUID]) -> int:
+    # Drivers disagree on executemany's rowcount (psycopg's pipeline reports none), so count
+    # by primary key: a run that collided with an existing one was never stored under its id.
+    query = select(func.count()).select_from(flow_runs).where(flow_runs.c.id.in_(ids))
+    return int(conn.execute(query).scalar_one())
 
 
 def _chunks(items: list[uuid.UUID], size: int) -> Iterable[list[uuid.UUID]]:
     return (items[i:i + size] for i in range(0, len(items), size))
 
 
-def _record_initial_states(conn: Connection, ids: list[uuid.UUID], actor: str) -> int:
+def _record_creation_states(conn: Connection, ids: list[uuid.UUID]) -> None:
+    """History entries for runs created in a state other than SCHEDULED (only those that went
+    in)."""
     c = flow_runs.c
-    created = select(c.id, c.state, c.state_name, c.reason, c.created, literal(actor), c.attempt)
-    created = created.where(c.id.in_(ids))
-    recorded = conn.execute(insert(flow_run_states).from_select(
-        ["flow_run_id", "type", "name", "reason", "timestamp", "actor", "attempt"], created,
-    ).returning(flow_run_states.c.id))
-    return len(recorded.all())
+    created = select(c.id, c.state, c.state_name, c.reason, c.created, _creator(), c.attempt)
+    conn.execute(insert(flow_run_states).from_select(
+        ["flow_run_id", "type", "name", "reason", "timestamp", "actor", "attempt"],
+        created.where(c.id.in_(ids))))
+
+
+def _creator() -> ColumnElement[str]:
+    """Who created a run, from its row: the scheduler, a backfill, or a user (manual run)."""
+    c = flow_runs.c
+    return case((c.auto_scheduled, literal("scheduler")),
+                (c.schedule_slug.is_not(None), literal("backfill")), else_=literal("user"))
 
 
 def set_states(
@@ -185,13 +210,21 @@ def _filtered(query: Select[Any], f: RunFilter, dialect: str) -> Select[Any]:
 
 
 def state_history(conn: Connection, run_id: uuid.UUID) -> list[StateRecord]:
-    get_run(conn, run_id)
+    """Every state the run has been in, oldest first: its creation, then each transition."""
+    c = flow_runs.c
+    run = conn.execute(select(c.created, _creator().label("creator")).where(c.id == run_id)
+                       ).first()
+    if run is None:
+        raise NotFound(f"flow run {run_id} not found")
+    creation = StateRecord(type=StateType.SCHEDULED, name=StateType.SCHEDULED.display_name,
+                           reason=None, message=None, timestamp=run.created, actor=run.creator,
+                           attempt=1)
     rows = conn.execute(
         select(flow_run_states)
         .where(flow_run_states.c.flow_run_id == run_id)
         .order_by(flow_run_states.c.id)
     )
-    return [StateRecord.model_validate(row._mapping, from_attributes=False) for row in rows]
+    return [creation, *(StateRecord.model_validate(row._mapping) for row in rows)]
 
 
 def to_schema(row: Any, late_before: datetime) -> FlowRun:

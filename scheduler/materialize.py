@@ -28,7 +28,6 @@ from ostinato.queues.database import Database
 from ostinato.queues.schedules import DueSchedule, Visit, due_schedules, mark_visited, runs_created
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
-ACTOR = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def tick(database: Database, now: datetime | None = None, policy: Policy = DEFAU
         with database.write() as conn:
             due = due_schedules(conn, database, now, policy.batch_size)
             visits, rows = _visit_all(conn, due, now, policy)
-            result.runs_created += runs.insert_runs(conn, rows, actor=ACTOR)
+            result.runs_created += runs.insert_runs(conn, rows)
             mark_visited(conn, visits)
         result.schedules += len(due)
         result.batches += 1

@@ -51,7 +51,7 @@ def _insert_runs(database: Database) -> None:
                                 scheduled_time=now, parameters={}, tags=tags,
                                 auto_scheduled=False)
             for i, (flow, deployment, tags) in enumerate(RUNS)
-        ], actor="test")
+        ])
 
 
 def _sql_names(database: Database, queue_filter: WorkQueueFilter) -> set[Any]:
