@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
 from ostinato.deploy.errors import InvalidInput, NotFound, PayloadTooLarge
 from ostinato.deploy.schemas import BundleInfo
+from ostinato.queues.database import insert_ignoring_duplicates
 from ostinato.queues.tables import bundles, utcnow
 
 
@@ -18,9 +19,9 @@ def put(conn: Connection, sha256: str, content: bytes, *, max_bytes: int) -> Bun
     actual = hashlib.sha256(content).hexdigest()
     if actual != sha256:
         raise InvalidInput(f"bundle content has sha256 {actual}, not {sha256}")
-    if not exists(conn, sha256):
-        conn.execute(insert(bundles).values(sha256=sha256, size=len(content), content=content,
-                                            created=utcnow()))
+    if not exists(conn, sha256):  # skip sending the content again; concurrent uploads agree
+        conn.execute(insert_ignoring_duplicates(conn, bundles, "sha256").values(
+            sha256=sha256, size=len(content), content=content, created=utcnow()))
     return info(conn, sha256)
 
 

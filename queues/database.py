@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, exists, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    exists,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -69,6 +80,13 @@ def json_array_contains(dialect: str, column: ColumnElement[Any], value: str
         return column.cast(JSONB).contains([value])
     elements = func.json_each(column).table_valued("value")
     return exists(select(1).select_from(elements).where(elements.c.value == value))
+
+
+def insert_ignoring_duplicates(conn: Connection, table: Table, *unique: str
+                               ) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `table` that skips rows whose `unique` columns match an existing row."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=list(unique))
 
 
 def connect(url: str, **engine_options: Any) -> Database:

@@ -12,16 +12,14 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import Connection, and_, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ostinato.deploy.errors import Conflict, InvalidInput, NotFound
 from ostinato.deploy.parameters import check_parameters
-from ostinato.deploy.schedules import Cron, Interval, RRule, Schedule
+from ostinato.deploy.schedules import SCHEDULE_ADAPTER
 from ostinato.deploy.schemas import (
     ApplyResult,
     Deployment,
@@ -32,6 +30,8 @@ from ostinato.deploy.schemas import (
 )
 from ostinato.deploy.states import Reason, StateType
 from ostinato.queues import runs
+from ostinato.queues.database import insert_ignoring_duplicates
+from ostinato.queues.schedules import NEVER
 from ostinato.queues.tables import (
     bundles,
     deployments,
@@ -42,7 +42,6 @@ from ostinato.queues.tables import (
     utcnow,
 )
 
-_SCHEDULE: TypeAdapter[Cron | Interval | RRule] = TypeAdapter(Schedule)
 ACTOR = "server"
 
 
@@ -61,7 +60,7 @@ def apply(conn: Connection, specs: Sequence[DeploymentSpec]) -> ApplyResult:
 
 def _apply_one(conn: Connection, spec: DeploymentSpec) -> str:
     _check_spec(conn, spec)
-    row = _find(conn, spec.full_name)
+    row = _find(conn, spec.full_name, lock=True)
     if row is None:
         _insert(conn, spec)
         return "created"
@@ -100,9 +99,8 @@ def _columns(spec: DeploymentSpec) -> dict[str, Any]:
 
 def _flow_id(conn: Connection, name: str) -> uuid.UUID:
     """The flow's id, creating the flow if needed (concurrent creators agree on one row)."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(dialect_insert(flows).values(id=new_id(), name=name, created=utcnow())
-                 .on_conflict_do_nothing(index_elements=["name"]))
+    conn.execute(insert_ignoring_duplicates(conn, flows, "name")
+                 .values(id=new_id(), name=name, created=utcnow()))
     found: uuid.UUID = conn.execute(select(flows.c.id).where(flows.c.name == name)).scalar_one()
     return found
 
@@ -113,14 +111,17 @@ def _insert(conn: Connection, spec: DeploymentSpec) -> None:
         id=deployment_id, flow_id=_flow_id(conn, spec.flow), name=spec.name,
         full_name=spec.full_name, paused=spec.paused, created=utcnow(), **_columns(spec),
     ))
-    _insert_schedules(conn, deployment_id, spec.schedules)
+    _insert_schedules(conn, deployment_id, spec.schedules, utcnow(), paused=spec.paused)
 
 
-def _insert_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any]) -> None:
+def _insert_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any],
+                      now: datetime, *, paused: bool) -> None:
+    """New schedule rows, materialised from `now` on (the next tick visits them)."""
     if items:
         conn.execute(insert(schedules), [
             {"id": new_id(), "deployment_id": deployment_id, "slug": s.slug, "position": i,
-             "definition": s.model_dump(mode="json"), "active": s.active, "created": utcnow()}
+             "definition": s.model_dump(mode="json"), "active": s.active, "created": now,
+             "scheduled_until": now, "visit_at": now if s.active and not paused else NEVER}
             for i, s in enumerate(items)
         ])
 
@@ -129,7 +130,7 @@ def _update(conn: Connection, row: Any, spec: DeploymentSpec) -> None:
     old = _to_schema(conn, row)
     conn.execute(update(deployments).where(deployments.c.id == row.id).values(**_columns(spec)))
     if _runs_affected(old, spec):
-        _replace_schedules(conn, row.id, spec.schedules)
+        _replace_schedules(conn, row.id, spec.schedules, utcnow(), paused=row.paused)
 
 
 def _runs_affected(old: Deployment, new: DeploymentSpec | DeploymentUpdate) -> bool:
@@ -141,21 +142,17 @@ def _runs_affected(old: Deployment, new: DeploymentSpec | DeploymentUpdate) -> b
     )
 
 
-def _replace_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any]) -> None:
-    # Schedules first: deleting their rows waits for a scheduler tick holding them, so the run
-    # deletion that follows also sees (and removes) the runs that tick has just committed.
+def _replace_schedules(conn: Connection, deployment_id: uuid.UUID, items: Sequence[Any],
+                       now: datetime, *, paused: bool) -> None:
+    """Untouched runs of slots after `now` go; the new schedules take over from `now`, so no
+    slot between the edit and the next tick is lost."""
     conn.execute(delete(schedules).where(schedules.c.deployment_id == deployment_id))
-    _delete_untouched_future_runs(conn, deployment_id)
-    _insert_schedules(conn, deployment_id, items)
-
-
-def _delete_untouched_future_runs(conn: Connection, deployment_id: uuid.UUID) -> None:
     c = flow_runs.c
     conn.execute(delete(flow_runs).where(and_(
         c.deployment_id == deployment_id, c.auto_scheduled.is_(True),
-        c.state == StateType.SCHEDULED.value, c.fencing_token == 0,
-        c.scheduled_time > utcnow(),
+        c.state == StateType.SCHEDULED.value, c.fencing_token == 0, c.nominal_time > now,
     )))
+    _insert_schedules(conn, deployment_id, items, now, paused=paused)
 
 
 def _waiting_runs(deployment_id: uuid.UUID) -> Any:
@@ -164,29 +161,45 @@ def _waiting_runs(deployment_id: uuid.UUID) -> Any:
 
 
 def _set_paused(conn: Connection, deployment_id: uuid.UUID, paused: bool) -> None:
+    now = utcnow()
     conn.execute(update(deployments).where(deployments.c.id == deployment_id)
-                 .values(paused=paused, updated=utcnow()))
+                 .values(paused=paused, updated=now))
+    own = schedules.c.deployment_id == deployment_id
     if paused:
         runs.set_states(conn, _waiting_runs(deployment_id), StateType.SKIPPED,
                         reason=Reason.PAUSED, message="deployment paused", actor=ACTOR)
+        conn.execute(update(schedules).where(own).values(visit_at=NEVER))
         return
     # Resuming creates runs from now on: future slots skipped by the pause become free again.
     c = flow_runs.c
     conn.execute(delete(flow_runs).where(and_(
         c.deployment_id == deployment_id, c.state == StateType.SKIPPED.value,
-        c.reason == Reason.PAUSED.value, c.auto_scheduled.is_(True),
-        c.nominal_time > utcnow(),
+        c.reason == Reason.PAUSED.value, c.auto_scheduled.is_(True), c.nominal_time > now,
     )))
-    conn.execute(update(schedules).where(schedules.c.deployment_id == deployment_id)
-                 .values(scheduled_until=None, visit_at=None))
+    conn.execute(update(schedules).where(own, schedules.c.active.is_(True))
+                 .values(scheduled_until=now, visit_at=now))
 
 
-def _find(conn: Connection, full_name: str) -> Any:
-    return conn.execute(select(deployments).where(deployments.c.full_name == full_name)).first()
+def _find(conn: Connection, full_name: str, *, lock: bool = False) -> Any:
+    """The deployment's row; with `lock`, held (with its schedule rows) until the transaction
+    ends.
+
+    Every writer locks in the same order — deployment row, then schedule rows — and the
+    schedule rows are what a scheduler tick holds while it inserts runs, so an edit, pause or
+    delete waits for a tick in progress and then sees every run it made. The deployment row is
+    locked FOR NO KEY UPDATE, which does not conflict with the key-share lock a tick's run
+    inserts take through their foreign key.
+    """
+    query = select(deployments).where(deployments.c.full_name == full_name)
+    row = conn.execute(query.with_for_update(key_share=True) if lock else query).first()
+    if row is not None and lock:
+        conn.execute(select(schedules.c.id).where(schedules.c.deployment_id == row.id)
+                     .with_for_update())
+    return row
 
 
-def _require(conn: Connection, full_name: str) -> Any:
-    row = _find(conn, full_name)
+def _require(conn: Connection, full_name: str, *, lock: bool = False) -> Any:
+    row = _find(conn, full_name, lock=lock)
     if row is None:
         raise NotFound(f"deployment {full_name!r} not found")
     return row
@@ -219,7 +232,8 @@ def _schedules_of(conn: Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID,
     query = (select(schedules).where(schedules.c.deployment_id.in_(ids))
              .order_by(schedules.c.position))
     for row in conn.execute(query):
-        found.setdefault(row.deployment_id, []).append(_SCHEDULE.validate_python(row.definition))
+        schedule = SCHEDULE_ADAPTER.validate_python(row.definition)
+        found.setdefault(row.deployment_id, []).append(schedule)
     return found
 
 
@@ -234,6 +248,7 @@ def _to_schema(conn: Connection, row: Any, items: list[Any] | None = None) -> De
 
 def edit(conn: Connection, full_name: str, changes: DeploymentUpdate) -> Deployment:
     """Apply a partial edit as if the whole spec had been re-sent."""
+    _require(conn, full_name, lock=True)
     current = get(conn, full_name)
     merged = current.model_dump(include=set(DeploymentSpec.model_fields)) | {
         "flow": current.flow, "name": full_name.split("/", 1)[1],
@@ -244,14 +259,14 @@ def edit(conn: Connection, full_name: str, changes: DeploymentUpdate) -> Deploym
 
 
 def set_paused(conn: Connection, full_name: str, paused: bool) -> Deployment:
-    row = _require(conn, full_name)
+    row = _require(conn, full_name, lock=True)
     if row.paused != paused:
         _set_paused(conn, row.id, paused)
     return get(conn, full_name)
 
 
 def remove(conn: Connection, full_name: str) -> None:
-    row = _require(conn, full_name)
+    row = _require(conn, full_name, lock=True)
     runs.set_states(conn, _waiting_runs(row.id), StateType.SKIPPED,
                     reason=Reason.DEPLOYMENT_DELETED, message="deployment deleted", actor=ACTOR)
     conn.execute(delete(deployments).where(deployments.c.id == row.id))
@@ -259,7 +274,7 @@ def remove(conn: Connection, full_name: str) -> None:
 
 def create_manual_run(conn: Connection, full_name: str, request: ManualRunRequest) -> FlowRun:
     """A run outside any schedule; it survives schedule edits."""
-    row = _require(conn, full_name)
+    row = _require(conn, full_name, lock=True)
     parameters = {**row.parameters, **request.parameters}
     check_parameters(row.parameter_schema, parameters, complete=True)
     when = request.scheduled_time or utcnow() + timedelta(seconds=request.start_in or 0)

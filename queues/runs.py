@@ -23,12 +23,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import LATE_NAME, StateType
-from ostinato.queues.database import json_array_contains
+from ostinato.queues.database import insert_ignoring_duplicates, json_array_contains
 from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
@@ -91,9 +90,8 @@ def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:
     """
     if not runs:
         return 0
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(flow_runs).on_conflict_do_nothing(
-        index_elements=["deployment_id", "schedule_slug", "nominal_time"])
+    statement = insert_ignoring_duplicates(
+        conn, flow_runs, "deployment_id", "schedule_slug", "nominal_time")
     conn.execute(statement, list(runs))
     skipped_at_birth = [run["id"] for run in runs if run["state"] != StateType.SCHEDULED]
     for chunk in _chunks(skipped_at_birth, 5000):

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import TypeAdapter
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
-from ostinato.deploy.schedules import Cron, Interval, RRule, Schedule
+from ostinato.deploy.schedules import SCHEDULE_ADAPTER, Cron, Interval, RRule
 from ostinato.queues.database import Database
 from ostinato.queues.tables import deployments, flow_runs, schedules
 
-_SCHEDULE: TypeAdapter[Cron | Interval | RRule] = TypeAdapter(Schedule)
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+"""`visit_at` of a schedule that needs no visit: paused, inactive or ended."""
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,15 @@ def due_schedules(conn: Connection, database: Database, now: datetime, limit: in
         select(s.id, s.deployment_id, s.definition, s.scheduled_until, d.full_name,
                d.parameters, d.tags, d.catchup, d.misfire_grace)
         .join(deployments, d.id == s.deployment_id)
-        .where(s.active.is_(True), d.paused.is_(False),
-               or_(s.visit_at.is_(None), s.visit_at <= now))
-        .order_by(s.visit_at.is_not(None), s.visit_at)
+        .where(s.visit_at <= now, s.active.is_(True), d.paused.is_(False))
+        .order_by(s.visit_at)
         .limit(limit)
     )
     if database.skip_locked:
         query = query.with_for_update(of=schedules, skip_locked=True)
     return [
         DueSchedule(row.id, row.deployment_id, row.full_name,
-                    _SCHEDULE.validate_python(row.definition), row.scheduled_until,
+                    SCHEDULE_ADAPTER.validate_python(row.definition), row.scheduled_until,
                     row.parameters, row.tags, row.catchup, row.misfire_grace)
         for row in conn.execute(query)
     ]

@@ -139,8 +139,8 @@ class ScheduleRow(Base):
 
     `scheduled_until` is the last instant materialised as a run; `visit_at` is when the scheduler
     must look at the schedule again (its runs are about to fall short of the horizon or of the
-    minimum count). NULL means "now": a new, edited or resumed schedule. An idle tick is one
-    query on the `visit_at` index.
+    minimum count): `now` for a new, edited or resumed schedule, far in the future for a paused,
+    inactive or ended one. An idle tick is one range scan of the `visit_at` index.
     """
 
     __tablename__ = "deployment_schedules"
@@ -154,7 +154,7 @@ class ScheduleRow(Base):
     definition: Mapped[dict[str, Any]]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     scheduled_until: Mapped[datetime | None]
-    visit_at: Mapped[datetime | None] = mapped_column(index=True)
+    visit_at: Mapped[datetime] = mapped_column(index=True)
     created: Mapped[datetime] = _created()
 
 

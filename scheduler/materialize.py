@@ -25,9 +25,14 @@ from ostinato.deploy.schedules import Cron, Instant, Interval, RRule
 from ostinato.deploy.states import Reason, StateType
 from ostinato.queues import runs
 from ostinato.queues.database import Database
-from ostinato.queues.schedules import DueSchedule, Visit, due_schedules, mark_visited, runs_created
-
-NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+from ostinato.queues.schedules import (
+    NEVER,
+    DueSchedule,
+    Visit,
+    due_schedules,
+    mark_visited,
+    runs_created,
+)
 
 
 @dataclass(frozen=True)

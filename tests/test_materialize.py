@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ostinato.deploy.schedules import Cron, Interval
 from ostinato.deploy.schemas import DeploymentSpec, DeploymentUpdate
@@ -113,15 +114,19 @@ def test_jitter_is_deterministic_and_stays_before_the_next_slot() -> None:
 # --- ticks against real databases -------------------------------------------------------------
 
 
-def _deploy(database: Database, name: str, *schedule_list: object, **fields: object) -> None:
-    import hashlib
+def _deploy(database: Database, name: str, *schedule_list: object, as_of: datetime = NOW,
+            **fields: object) -> None:
+    """Create a deployment as if at `as_of`: its schedules materialise from that time on."""
     data = name.encode()
     sha = hashlib.sha256(data).hexdigest()
     with database.write() as conn:
         bundles.put(conn, sha, data, max_bytes=1000)
-        deployments.apply(conn, [DeploymentSpec(
+        result = deployments.apply(conn, [DeploymentSpec(
             flow="f", name=name, entrypoint="f.py:f", bundle=sha, schedules=list(schedule_list),
             **fields)])
+        conn.execute(update(schedules)
+                     .where(schedules.c.deployment_id == result.deployments[0].id)
+                     .values(scheduled_until=as_of, visit_at=as_of))
 
 
 def _runs(database: Database, *columns: object) -> list[tuple[object, ...]]:
@@ -163,7 +168,7 @@ def test_ticks_after_the_visit_time_extend_without_duplicates(database: Database
 
 
 def test_a_scheduler_that_was_down_supersedes_missed_slots(database: Database) -> None:
-    _deploy(database, "d", Cron("* * * * *"))
+    _deploy(database, "d", Cron("* * * * *"), as_of=NOW - timedelta(hours=3))
     tick(database, now=NOW - timedelta(hours=3))  # then the scheduler is down until NOW
     tick(database, now=NOW)
     rows = _runs(database, flow_runs.c.nominal_time, flow_runs.c.state, flow_runs.c.reason)
@@ -199,7 +204,7 @@ def test_concurrent_ticks_never_duplicate_a_slot(database: Database) -> None:
 
 def test_an_edit_replaces_untouched_future_runs_and_the_next_tick_uses_the_new_definition(
         database: Database) -> None:
-    _deploy(database, "d", Cron("0 * * * *"))
+    _deploy(database, "d", Cron("0 * * * *"), as_of=datetime.now(UTC))
     tick(database, now=datetime.now(UTC))
     with database.write() as conn:
         deployments.edit(conn, "f/d", DeploymentUpdate(schedules=[Cron("30 * * * *")]))
@@ -244,3 +249,38 @@ def test_a_run_id_is_a_uuid_and_its_name_carries_the_slot(database: Database) ->
     (run_id, name), *_ = _runs(database, flow_runs.c.id, flow_runs.c.name)
     assert isinstance(run_id, uuid.UUID)
     assert name == "nightly-20261129-020000"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("action", ["pause", "delete"])
+def test_pause_or_delete_racing_a_tick_leave_no_waiting_run(database: Database, action: str
+                                                             ) -> None:
+    """A tick holds the schedule rows while its runs are uncommitted; a pause or delete that
+    arrives then must wait for it and skip every run it made."""
+    from ostinato.queues.schedules import due_schedules
+    from ostinato.scheduler.materialize import _visit_all
+
+    now = datetime.now(UTC)
+    _deploy(database, "d", Cron("* * * * *"), as_of=now)
+    done = threading.Event()
+
+    def act() -> None:
+        with database.write() as conn:
+            if action == "pause":
+                deployments.set_paused(conn, "f/d", True)
+            else:
+                deployments.remove(conn, "f/d")
+        done.set()
+
+    with database.write() as tick_conn:
+        due = due_schedules(tick_conn, database, now, 10)
+        _, rows = _visit_all(tick_conn, due, now, Policy())
+        runs.insert_runs(tick_conn, rows)
+        other = threading.Thread(target=act)
+        other.start()
+        assert not done.wait(0.5), f"{action} did not wait for the tick holding the schedule"
+    other.join(timeout=10)
+    assert done.is_set()
+    states = {state for (state,) in _runs(database, flow_runs.c.state)}
+    assert len(rows) > 60
+    assert states == {"SKIPPED"}

@@ -274,18 +274,22 @@ def test_a_respecified_deployment_replaces_untouched_runs_too(database: Database
         "untouched", "untouched later"}
 
 
-def test_a_replacing_edit_lets_the_scheduler_refill_from_scratch(database: Database) -> None:
+def test_a_replacing_edit_lets_the_scheduler_refill_from_the_edit(database: Database) -> None:
     apply(database, make_spec())
     with database.write() as conn:
         conn.execute(update(schedules).values(scheduled_until=utcnow() + 5 * HOUR))
 
+    before = utcnow()
     with database.write() as conn:
         deployments.edit(conn, "etl/nightly", EDITS["schedules"])
+    after = utcnow()
 
     with database.read() as conn:
         rows = conn.execute(select(schedules)).all()
     assert [row.definition["cron"] for row in rows] == ["0 3 * * *"]
-    assert [row.scheduled_until for row in rows] == [None]
+    # The new definition takes over from the edit itself: no slot after it is lost, and the
+    # next tick visits it at once.
+    assert all(before <= row.scheduled_until == row.visit_at <= after for row in rows)
 
 
 def test_an_edit_of_other_fields_keeps_every_run(database: Database) -> None:
@@ -357,6 +361,7 @@ def test_resume_frees_future_paused_slots_and_resets_scheduled_until(database: D
 
     with database.write() as conn:
         resumed = deployments.set_paused(conn, "etl/nightly", False)
+    resumed_at = utcnow()
 
     assert resumed.paused is False
     rows = run_rows(database)
@@ -364,7 +369,8 @@ def test_resume_frees_future_paused_slots_and_resets_scheduled_until(database: D
     assert (rows[past].state, rows[past].reason) == ("SKIPPED", "paused")
     assert (rows[manual].state, rows[manual].reason) == ("SKIPPED", "paused")
     with database.read() as conn:
-        assert conn.execute(select(schedules.c.scheduled_until)).scalars().all() == [None]
+        (until, visit_at), = conn.execute(select(schedules.c.scheduled_until, schedules.c.visit_at))
+    assert now <= until == visit_at <= resumed_at  # runs are made from the resume on
 
 
 def test_delete_skips_waiting_runs_and_keeps_every_run_row(database: Database) -> None:

@@ -102,7 +102,7 @@ def upgrade() -> None:
     sa.Column('definition', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('scheduled_until', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('visit_at', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('visit_at', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created', ostinato.queues.tables.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_deployment_schedules_deployment_id_deployments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deployment_schedules')),
