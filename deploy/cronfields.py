@@ -54,6 +54,7 @@ def _field_problem(index: int, value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def check_cron(text: str) -> str:
     """`text` with whitespace collapsed; a ValueError naming the bad field if it is not valid."""
     normal = " ".join(text.split())

@@ -47,6 +47,7 @@ from pydantic import (
 
 from ostinato.deploy.cronfields import check_cron, cron_walls, expand_cron
 from ostinato.deploy.errors import InvalidInput
+from ostinato.deploy.jsontypes import JsonObject
 from ostinato.deploy.walltime import (
     Instant,
     Resolver,
@@ -75,10 +76,15 @@ DEFAULT_ANCHOR = datetime(2020, 1, 1)
 """Midnight 2020-01-01, read in the schedule's timezone: the default phase of intervals/rrules."""
 
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_KIND_TIMING_FIELDS = {"cron": {"cron", "on_gap", "on_fold"}, "interval": {"every", "anchor"},
+                       "rrule": {"rrule"}}
+MIN_INTERVAL = timedelta(seconds=1)
+MAX_JITTER = timedelta(days=1)
 _YEARS = range(1900, 9001)  # bounds and anchors; leaves room for date arithmetic either side
 
 
-def _in_years(moment: datetime | None) -> datetime | None:
+def within_supported_years(moment: datetime | None) -> datetime | None:
+    """Refuse times far outside any schedule (they would overflow date arithmetic)."""
     if moment is not None and moment.year not in _YEARS:
         raise ValueError(f"{moment.isoformat()} is outside the years {_YEARS[0]}-{_YEARS[-1]}")
     return moment
@@ -156,12 +162,12 @@ class ScheduleBase(BaseModel):
 
     timezone: str = "UTC"
     active: bool = True
-    slug: str | None = None
+    slug: str = ""  # empty: derived from the definition (see derived_slug)
     start: datetime | None = None
     end: datetime | None = None
     max_runs: int | None = Field(default=None, ge=1)
     jitter: timedelta = timedelta(0)
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: JsonObject = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -170,8 +176,8 @@ class ScheduleBase(BaseModel):
 
     @field_validator("slug")
     @classmethod
-    def _valid_slug(cls, value: str | None) -> str | None:
-        if value is not None and not _SLUG_RE.match(value):
+    def _valid_slug(cls, value: str) -> str:
+        if value and not _SLUG_RE.match(value):
             raise ValueError(
                 f'invalid slug "{value}": use 1-63 lowercase letters, digits, "-" or "_", '
                 "starting with a letter or digit"
@@ -181,13 +187,13 @@ class ScheduleBase(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _valid_bound(cls, value: datetime | None) -> datetime | None:
-        return _in_years(value)
+        return within_supported_years(value)
 
     @field_validator("jitter")
     @classmethod
     def _valid_jitter(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError(f"jitter must not be negative, got {value}")
+        if not timedelta(0) <= value <= MAX_JITTER:
+            raise ValueError(f"jitter must be between 0 and 1 day, got {value}")
         return value
 
     @model_validator(mode="after")
@@ -195,7 +201,7 @@ class ScheduleBase(BaseModel):
         start, end = self.aware(self.start), self.aware(self.end)
         if start is not None and end is not None and end <= start:
             raise ValueError(f"end ({self.end}) must be after start ({self.start})")
-        if self.slug is None:
+        if not self.slug:
             object.__setattr__(self, "slug", self.derived_slug())
         return self
 
@@ -208,10 +214,17 @@ class ScheduleBase(BaseModel):
         return ZoneInfo(self.timezone)
 
     def derived_slug(self) -> str:
-        """`{kind}-{8 hex}`: a hash of every field but `slug` and `active`."""
-        data = self.model_dump(mode="json", exclude={"slug", "active"})
+        """`{kind}-{8 hex}`: a hash of what decides *when* the schedule fires.
+
+        The slug is part of a run's identity, so it must survive edits of everything else
+        (bounds, countdown, jitter, parameters): a slot that already ran is never run again.
+        """
+        data = self.model_dump(mode="json", include=self._timing_fields())
         digest = hashlib.sha256(_canonical_json(data).encode()).hexdigest()
         return f"{self.kind_name}-{digest[:8]}"
+
+    def _timing_fields(self) -> set[str]:
+        return {"kind", "timezone"} | _KIND_TIMING_FIELDS.get(self.kind_name, set())
 
     def aware(self, moment: datetime | None) -> datetime | None:
         """`moment` as an aware UTC datetime; a naive one is a wall time in this zone."""
@@ -307,7 +320,7 @@ class Interval(ScheduleBase):
     @field_validator("anchor")
     @classmethod
     def _valid_anchor(cls, value: datetime | None) -> datetime | None:
-        return _in_years(value)
+        return within_supported_years(value)
 
     @field_validator("every", mode="before")
     @classmethod
@@ -319,8 +332,9 @@ class Interval(ScheduleBase):
     @field_validator("every")
     @classmethod
     def _valid_every(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError(f"interval must be positive, got {value}")
+        if value < MIN_INTERVAL:
+            seconds = value.total_seconds()
+            raise ValueError(f"interval must be at least 1 second, got {seconds:g} s")
         return value
 
     @property

@@ -6,7 +6,6 @@ message, never a 500 from deeper down.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -22,7 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from ostinato.deploy.schedules import Schedule
+from ostinato.deploy.jsontypes import JsonObject
+from ostinato.deploy.schedules import Schedule, within_supported_years
 from ostinato.deploy.states import StateType
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -31,20 +31,6 @@ Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,]{1,100}$")]
 DeploymentName = Annotated[str, StringConstraints(pattern=r"^[^/\s]{1,100}/[^/\s]{1,100}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Seconds = Annotated[float, Field(ge=0, le=366 * 86400)]
-MAX_JSON_DEPTH = 32
-
-
-def _not_too_deep(value: Any, depth: int = 0) -> Any:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH: nothing legitimate is, and such values
-    cannot be serialised back."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
-    children = value.values() if isinstance(value, dict) else value
-    for child in children if isinstance(value, dict | list) else ():
-        _not_too_deep(child, depth + 1)
-    return value
-
-
 def _to_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
@@ -52,8 +38,8 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError(f"{value.isoformat()} is out of range once converted to UTC") from None
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_not_too_deep)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+ScheduleTime = Annotated[UtcDatetime, AfterValidator(within_supported_years)]
 
 
 class _PropertyShape(BaseModel):
@@ -76,7 +62,6 @@ OverlapPolicy = Literal[
 CatchupPolicy = Literal["all", "latest", "none"]
 RetryOn = Literal["failure", "crash", "timeout"]
 
-DEPLOYMENT_NAME_RE = re.compile(r"^([^/]+)/([^/]+)$")
 
 
 class Strict(BaseModel):
@@ -116,10 +101,11 @@ class DeploymentSpec(Strict):
     def _check(self) -> DeploymentSpec:
         if (self.bundle is None) == (self.path is None):
             raise ValueError("a deployment needs exactly one of bundle (sha256) or path")
-        slugs = [s.slug or s.derived_slug() for s in self.schedules]
+        slugs = [s.slug for s in self.schedules]
         duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
         if duplicates:
-            raise ValueError(f"schedule slugs must be unique, repeated: {', '.join(duplicates)}")
+            raise ValueError(f"schedule slugs must be unique, repeated: {', '.join(duplicates)} "
+                             "(schedules firing at the same times need explicit slugs)")
         return self
 
     @property
@@ -201,8 +187,8 @@ class ScheduledInstant(BaseModel):
 
 
 class BackfillRequest(Strict):
-    start: UtcDatetime
-    end: UtcDatetime
+    start: ScheduleTime
+    end: ScheduleTime
     dry_run: bool = False
 
 

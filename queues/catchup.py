@@ -13,7 +13,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select
 
 from ostinato.deploy.states import Reason, StateType
 from ostinato.queues import runs
@@ -25,23 +25,32 @@ ACTOR = "scheduler"
 def skip_missed_runs(conn: Connection, now: datetime) -> int:
     """Apply the catch-up policies to waiting runs; returns how many runs were skipped."""
     superseded, missed = _decide(_overdue(conn, now), now)
+    waiting = flow_runs.c.state == StateType.SCHEDULED.value
     for ids, reason in ((superseded, Reason.SUPERSEDED), (missed, Reason.CATCHUP_MISSED)):
         if ids:
-            runs.set_states(conn, flow_runs.c.id.in_(ids) & (flow_runs.c.state == "SCHEDULED"),
-                            StateType.SKIPPED, reason=reason, actor=ACTOR,
+            runs.set_states(conn, flow_runs.c.id.in_(ids) & waiting, StateType.SKIPPED,
+                            reason=reason, actor=ACTOR,
                             message="missed its time by more than the misfire grace")
     return len(superseded) + len(missed)
 
 
 def _overdue(conn: Connection, now: datetime) -> list[Any]:
-    """Waiting auto-scheduled runs already due, of deployments that do not catch up `all`."""
+    """Auto-scheduled runs already due and not skipped, of deployments that do not catch up
+    `all`. Claimed and finished ones count too: `latest` keeps the newest *slot*, so an older
+    one still waiting is superseded even when the newest is already running."""
     r, d = flow_runs.c, deployments.c
+    due_waiting = and_(r.state == StateType.SCHEDULED.value, r.scheduled_time < now)
     query = (
-        select(r.id, r.deployment_id, r.schedule_slug, r.nominal_time, r.scheduled_time,
-               d.catchup, d.misfire_grace)
+        select(r.id, r.state, r.deployment_id, r.schedule_slug, r.nominal_time,
+               r.scheduled_time, d.catchup, d.misfire_grace)
         .join(deployments, d.id == r.deployment_id)
-        .where(and_(r.state == StateType.SCHEDULED.value, r.scheduled_time < now,
-                    r.auto_scheduled.is_(True), d.catchup != "all"))
+        .where(r.auto_scheduled.is_(True), d.catchup != "all",
+               # only schedules with a waiting due run, and no older slot than those: small
+               r.deployment_id.in_(select(r.deployment_id).where(due_waiting)),
+               r.schedule_slug.in_(select(r.schedule_slug).where(due_waiting)),
+               r.nominal_time >= select(func.min(r.nominal_time)).where(due_waiting)
+               .scalar_subquery(),
+               r.state != StateType.SKIPPED.value, r.nominal_time < now)
     )
     return list(conn.execute(query))
 
@@ -56,8 +65,10 @@ def _decide(rows: list[Any], now: datetime) -> tuple[list[uuid.UUID], list[uuid.
     skipped: list[uuid.UUID] = []
     for group in by_schedule.values():
         group.sort(key=lambda row: row.nominal_time)
+        waiting = [row.id for row in group if row.state == StateType.SCHEDULED.value]
         if group[0].catchup == "latest":
-            superseded.extend(row.id for row in group[:-1])
+            newest = group[-1].id
+            superseded.extend(run_id for run_id in waiting if run_id != newest)
         else:
-            skipped.extend(row.id for row in group)
+            skipped.extend(waiting)
     return superseded, skipped

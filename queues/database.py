@@ -96,7 +96,9 @@ def connect(url: str, **engine_options: Any) -> Database:
         return _connect_sqlite(url, engine_options)
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **engine_options)
+    # As many connections as the API has worker threads (40), so a busy server queues requests
+    # on threads, not on the pool.
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, **engine_options)
     return Database(engine)
 
 

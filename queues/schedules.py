@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from ostinato.deploy.schedules import SCHEDULE_ADAPTER, Cron, Interval, RRule
 from ostinato.queues.database import Database
@@ -59,12 +59,18 @@ def due_schedules(conn: Connection, database: Database, now: datetime, limit: in
     ]
 
 
-def runs_created(conn: Connection, deployment_id: uuid.UUID, slug: str) -> int:
-    """How many runs a schedule has produced so far (for its `max_runs` countdown)."""
-    query = select(func.count()).select_from(flow_runs).where(and_(
-        flow_runs.c.deployment_id == deployment_id, flow_runs.c.schedule_slug == slug,
-        flow_runs.c.auto_scheduled.is_(True)))
-    return int(conn.execute(query).scalar_one())
+def runs_created(conn: Connection, due: list[DueSchedule]) -> dict[tuple[uuid.UUID, str], int]:
+    """How many runs each of these schedules has produced (their `max_runs` countdowns), in one
+    query; only schedules with a countdown are counted."""
+    counted = [d for d in due if d.definition.max_runs is not None]
+    if not counted:
+        return {}
+    c = flow_runs.c
+    query = (select(c.deployment_id, c.schedule_slug, func.count())
+             .where(c.deployment_id.in_({d.deployment_id for d in counted}),
+                    c.auto_scheduled.is_(True))
+             .group_by(c.deployment_id, c.schedule_slug))
+    return {(deployment_id, slug): n for deployment_id, slug, n in conn.execute(query)}
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,12 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         app.state.database = database or connect(settings.effective_database_url)
-        if owned:
-            upgrade(app.state.database)
         loops = SchedulerLoops(app.state.database, interval=settings.scheduler_interval_seconds)
-        if settings.run_scheduler:
-            loops.start()
         try:
+            if owned:
+                upgrade(app.state.database)
+            if settings.run_scheduler:
+                loops.start()
             yield
         finally:
             loops.stop()

@@ -28,7 +28,7 @@ class SlotInstant:
 
     @property
     def slug(self) -> str:
-        return self.schedule.slug or ""
+        return self.schedule.slug
 
     def to_json(self) -> dict[str, str | None]:
         return {"scheduled_time": self.instant.time.isoformat().replace("+00:00", "Z"),

@@ -16,10 +16,13 @@ the older ones SKIPPED (`superseded`), `none` records them SKIPPED (`catchup_mis
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Connection
 
 from ostinato.deploy.schedules import Cron, Instant, Interval, RRule
 from ostinato.deploy.states import Reason, StateType
@@ -44,6 +47,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,6 @@ class TickResult:
     schedules: int = 0
     runs_created: int = 0
     batches: int = 0
-    deployments: set[str] = field(default_factory=set)
 
 
 def plan(schedule: Cron | Interval | RRule, *, last: datetime | None, now: datetime,
@@ -81,6 +84,7 @@ def plan(schedule: Cron | Interval | RRule, *, last: datetime | None, now: datet
     after = max(last, cutoff) if last is not None else now
     room = policy.max_runs - _future_count(schedule, last, now, policy)
     if remaining is not None:
+        missed = missed[max(len(missed) - max(remaining, 0), 0):]  # the countdown covers them too
         room = min(room, remaining - len(missed))
     fresh = _fresh(schedule, after, now, room, policy)
     planned = _jittered(schedule, _catch_up(missed, catchup) + [PlannedRun(i, i.time)
@@ -163,7 +167,7 @@ def _jittered(schedule: Cron | Interval | RRule, planned: list[PlannedRun]) -> l
     beyond = schedule.next_instants(planned[-1].instant.time, count=1)
     following: list[datetime | None] = [p.instant.time for p in planned[1:]]
     following.append(beyond[0].time if beyond else None)
-    seed = schedule.slug or ""
+    seed = schedule.slug
     return [
         PlannedRun(p.instant, schedule.jittered(p.instant.time, nxt, seed), p.state, p.reason)
         for p, nxt in zip(planned, following, strict=True)
@@ -186,25 +190,31 @@ def tick(database: Database, now: datetime | None = None, policy: Policy = DEFAU
             mark_visited(conn, visits)
         result.schedules += len(due)
         result.batches += 1
-        result.deployments.update(d.deployment for d in due)
         if len(due) < policy.batch_size:
             break
     return result
 
 
-def _visit_all(conn: Any, due: list[DueSchedule], now: datetime, policy: Policy
+def _visit_all(conn: Connection, due: list[DueSchedule], now: datetime, policy: Policy
                ) -> tuple[list[Visit], list[dict[str, Any]]]:
+    """Plan every due schedule. One that cannot be planned is logged and looked at again a
+    horizon later, so it never holds up the others."""
     visits: list[Visit] = []
     rows: list[dict[str, Any]] = []
+    created = runs_created(conn, due)
     for item in due:
         schedule = item.definition
         remaining = None
         if schedule.max_runs is not None:
-            remaining = schedule.max_runs - runs_created(conn, item.deployment_id, schedule.slug
-                                                         or "")
-        result = plan(schedule, last=item.scheduled_until, now=now, catchup=item.catchup,
-                      misfire_grace=timedelta(seconds=item.misfire_grace), remaining=remaining,
-                      policy=policy)
+            remaining = schedule.max_runs - created.get((item.deployment_id, schedule.slug), 0)
+        try:
+            result = plan(schedule, last=item.scheduled_until, now=now, catchup=item.catchup,
+                          misfire_grace=timedelta(seconds=item.misfire_grace),
+                          remaining=remaining, policy=policy)
+        except Exception:
+            log.exception("cannot plan schedule %s of %s", schedule.slug, item.deployment)
+            visits.append(Visit(item.id, item.scheduled_until, now + policy.horizon))
+            continue
         rows.extend(_run_values(item, p) for p in result.runs)
         visits.append(Visit(item.id, result.scheduled_until, result.visit_at))
     return visits, rows
@@ -213,7 +223,7 @@ def _visit_all(conn: Any, due: list[DueSchedule], now: datetime, policy: Policy
 def _run_values(item: DueSchedule, planned: PlannedRun) -> dict[str, Any]:
     schedule = item.definition
     return runs.slot_run_values(
-        item.deployment_id, item.deployment, schedule.slug or "", planned.instant.time,
+        item.deployment_id, item.deployment, schedule.slug, planned.instant.time,
         scheduled_time=planned.scheduled_time,
         parameters={**item.parameters, **schedule.parameters}, tags=item.tags,
         auto_scheduled=True, state=planned.state, reason=planned.reason,

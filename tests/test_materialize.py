@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -284,3 +285,46 @@ def test_pause_or_delete_racing_a_tick_leave_no_waiting_run(database: Database, 
     states = {state for (state,) in _runs(database, flow_runs.c.state)}
     assert len(rows) > 60
     assert states == {"SKIPPED"}
+
+
+def test_latest_keeps_the_newest_slot_even_when_it_is_already_claimed(database: Database
+                                                                      ) -> None:
+    _deploy(database, "d", Cron("0 * * * *"), catchup="latest", as_of=NOW - timedelta(hours=4))
+    tick(database, now=NOW - timedelta(hours=4))
+    with database.write() as conn:  # an agent took the newest slot, 09:00; 07:00, 08:00 wait
+        conn.execute(update(flow_runs).where(flow_runs.c.nominal_time == datetime(
+            2026, 11, 28, 9, tzinfo=UTC)).values(state="PENDING", fencing_token=1))
+        skip_missed_runs(conn, NOW)
+    states = {t.hour: (s, r) for t, s, r in _runs(database, flow_runs.c.nominal_time,
+                                                  flow_runs.c.state, flow_runs.c.reason)
+              if t < NOW - timedelta(minutes=5)}  # type: ignore[operator]
+    assert states == {7: ("SKIPPED", "superseded"), 8: ("SKIPPED", "superseded"),
+                      9: ("PENDING", None)}
+
+
+def test_catch_up_within_a_countdown_never_exceeds_max_runs() -> None:
+    p = plan(Cron("* * * * *", max_runs=5), last=NOW - timedelta(hours=2), now=NOW,
+             catchup="all", remaining=2)
+    assert len(p.runs) == 2
+    assert p.visit_at == NEVER
+
+
+def test_one_schedule_that_cannot_be_planned_does_not_stop_the_others(database: Database,
+                                                                       monkeypatch: Any) -> None:
+    import ostinato.scheduler.materialize as materialize
+
+    _deploy(database, "bad", Cron("* * * * *"))
+    _deploy(database, "good", Cron("*/5 * * * *"))
+    real_plan = materialize.plan
+
+    def plan_failing_for_bad(schedule: Any, **kwargs: Any) -> Any:
+        if schedule.cron == "* * * * *":
+            raise OverflowError("date value out of range")
+        return real_plan(schedule, **kwargs)
+
+    monkeypatch.setattr(materialize, "plan", plan_failing_for_bad)
+    first = tick(database, now=NOW)
+    second = tick(database, now=NOW)
+    names = {name for (name,) in _runs(database, flow_runs.c.deployment_name)}
+    assert names == {"f/good"}
+    assert first.runs_created > 0 and second.schedules == 0  # the bad one backs off

@@ -117,3 +117,24 @@ def test_late_runs_read_as_late_but_stay_scheduled(server: RunningServer) -> Non
         runs = client.get("/flow-runs").json()
     assert [(r["state"], r["state_name"]) for r in runs] == [
         ("SCHEDULED", "Scheduled"), ("SCHEDULED", "Late")]
+
+
+def test_times_outside_any_schedule_and_deep_schedule_parameters_are_422s(
+        server: RunningServer) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    with server.client() as client:
+        _create(client, {"kind": "interval", "every": 86400, "timezone": "America/New_York"})
+        early = client.post("/deployments/etl/nightly/backfill", json={
+            "start": "0001-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"})
+        upcoming = client.get("/deployments/etl/nightly/upcoming",
+                              params={"after": "0001-01-01T00:00:00Z"})
+        nested = client.put("/deployments", json={"deployments": [{
+            "flow": "etl", "name": "deep", "entrypoint": "f.py:etl", "bundle": SHA,
+            "schedules": [{"kind": "cron", "cron": "* * * * *", "parameters": deep}]}]})
+        listing = client.get("/flow-runs")
+    assert early.status_code == 422 and "outside the years" in early.json()["detail"]
+    assert upcoming.status_code == 422 and "outside the years" in upcoming.json()["detail"]
+    assert nested.status_code == 422 and "nested more than 32" in nested.json()["detail"]
+    assert listing.status_code == 200

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import Field
 
+from ostinato.deploy.errors import InvalidInput
+from ostinato.deploy.schedules import within_supported_years
 from ostinato.deploy.schemas import (
     ApplyResult,
     BackfillRequest,
@@ -94,6 +96,10 @@ def upcoming(flow: str, name: str, database: DatabaseDep,
     with database.read() as conn:
         deployment = deployments.get(conn, f"{flow}/{name}")
     start = as_utc(after) or datetime.now(UTC)
+    try:
+        within_supported_years(start)
+    except ValueError as exc:
+        raise InvalidInput(f"after: {exc}") from None
     slots = instants.upcoming(deployment.schedules, start, n)
     return [ScheduledInstant.model_validate(slot.to_json()) for slot in slots]
 
@@ -108,7 +114,7 @@ def backfill(flow: str, name: str, body: BackfillRequest, database: DatabaseDep
         by_identity = {(slot.slug, slot.instant.time): slot for slot in slots}
         missing = queued_backfill.missing_slots(conn, deployment.id, list(by_identity))
         if not body.dry_run:
-            overrides = {s.slug or "": s.parameters for s in deployment.schedules}
+            overrides = {s.slug: s.parameters for s in deployment.schedules}
             queued_backfill.create(conn, deployment, missing, overrides)
     return BackfillResult(
         deployment=deployment.name, dry_run=body.dry_run,
