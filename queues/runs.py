@@ -27,7 +27,8 @@ from sqlalchemy import (
 from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import LATE_NAME, StateType
-from ostinato.queues.database import insert_ignoring_duplicates, json_array_contains
+from ostinato.queues.bulk import insert_runs_ignoring_duplicates
+from ostinato.queues.database import json_array_contains
 from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
@@ -90,20 +91,11 @@ def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:
     """
     if not runs:
         return 0
-    statement = insert_ignoring_duplicates(
-        conn, flow_runs, "deployment_id", "schedule_slug", "nominal_time")
-    conn.execute(statement, list(runs))
+    inserted = insert_runs_ignoring_duplicates(conn, runs)
     skipped_at_birth = [run["id"] for run in runs if run["state"] != StateType.SCHEDULED]
     for chunk in _chunks(skipped_at_birth, 5000):
         _record_creation_states(conn, chunk)
-    return sum(_count_stored(conn, chunk) for chunk in _chunks([r["id"] for r in runs], 5000))
-
-
-def _count_stored(conn: Connection, ids: list[uuid.UUID]) -> int:
-    # Drivers disagree on executemany's rowcount (psycopg's pipeline reports none), so count
-    # by primary key: a run that collided with an existing one was never stored under its id.
-    query = select(func.count()).select_from(flow_runs).where(flow_runs.c.id.in_(ids))
-    return int(conn.execute(query).scalar_one())
+    return inserted
 
 
 def _chunks(items: list[uuid.UUID], size: int) -> Iterable[list[uuid.UUID]]:

@@ -217,16 +217,16 @@ def _visit_all(conn: Connection, due: list[DueSchedule], now: datetime, policy: 
             log.exception("cannot plan schedule %s of %s", schedule.slug, item.deployment)
             visits.append(Visit(item.id, item.scheduled_until, now + policy.horizon))
             continue
-        rows.extend(_run_values(item, p) for p in result.runs)
+        parameters = {**item.parameters, **schedule.parameters}  # one object for all its runs
+        rows.extend(_run_values(item, p, parameters) for p in result.runs)
         visits.append(Visit(item.id, result.scheduled_until, result.visit_at))
     return visits, rows
 
 
-def _run_values(item: DueSchedule, planned: PlannedRun) -> dict[str, Any]:
-    schedule = item.definition
+def _run_values(item: DueSchedule, planned: PlannedRun, parameters: dict[str, Any]
+                ) -> dict[str, Any]:
     return runs.slot_run_values(
-        item.deployment_id, item.deployment, schedule.slug, planned.instant.time,
-        scheduled_time=planned.scheduled_time,
-        parameters={**item.parameters, **schedule.parameters}, tags=item.tags,
+        item.deployment_id, item.deployment, item.definition.slug, planned.instant.time,
+        scheduled_time=planned.scheduled_time, parameters=parameters, tags=item.tags,
         auto_scheduled=True, state=planned.state, reason=planned.reason,
     )
