@@ -23,11 +23,13 @@ _IDENTITY = "deployment_id, schedule_slug, nominal_time"
 def insert_runs_ignoring_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     """Insert `rows` (all with the same keys) into flow_runs; returns how many went in."""
     columns = list(rows[0])
-    if conn.dialect.name == "postgresql":
-        return _copy_then_insert(conn, columns, rows)
-    convert = [_sqlite_converter(rows[0][name]) for name in columns]
+    postgres = conn.dialect.name == "postgresql"
+    convert = [(_postgres_converter if postgres else _sqlite_converter)(rows[0][name])
+               for name in columns]
     values = [tuple(f(row[name]) for f, name in zip(convert, columns, strict=True))
               for row in rows]
+    if postgres:
+        return _copy_then_insert(conn, columns, values)
     placeholders = ", ".join("?" * len(columns))
     before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
     conn.exec_driver_sql(
@@ -47,6 +49,11 @@ def _sqlite_converter(sample: Any) -> Callable[[Any], Any]:
     if isinstance(sample, dict | list):
         return _json_once()
     return _identity
+
+
+def _postgres_converter(sample: Any) -> Callable[[Any], Any]:
+    """psycopg adapts UUIDs and aware times itself; JSON goes as text (COPY parses it)."""
+    return _json_once() if isinstance(sample, dict | list) else _identity
 
 
 def _identity(value: Any) -> Any:
@@ -72,18 +79,15 @@ def _json_once() -> Callable[[Any], str | None]:
     return convert
 
 
-def _copy_then_insert(conn: Connection, columns: list[str], rows: Sequence[dict[str, Any]]
+def _copy_then_insert(conn: Connection, columns: list[str], values: list[tuple[Any, ...]]
                       ) -> int:
-    from psycopg.types.json import Jsonb
-
     names = ", ".join(columns)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS runs_in "
                    "(LIKE flow_runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     with cursor.copy(f"COPY runs_in ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([Jsonb(v) if isinstance(v, dict | list) else v
-                            for v in (row[name] for name in columns)])
+        for row in values:
+            copy.write_row(row)
     cursor.execute(f"INSERT INTO flow_runs ({names}) SELECT {names} FROM runs_in "
                    f"ON CONFLICT ({_IDENTITY}) DO NOTHING")
     inserted = int(cursor.rowcount)

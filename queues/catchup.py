@@ -26,12 +26,13 @@ def skip_missed_runs(conn: Connection, now: datetime) -> int:
     """Apply the catch-up policies to waiting runs; returns how many runs were skipped."""
     superseded, missed = _decide(_overdue(conn, now), now)
     waiting = flow_runs.c.state == StateType.SCHEDULED.value
+    skipped = 0
     for ids, reason in ((superseded, Reason.SUPERSEDED), (missed, Reason.CATCHUP_MISSED)):
-        if ids:
-            runs.set_states(conn, flow_runs.c.id.in_(ids) & waiting, StateType.SKIPPED,
-                            reason=reason, actor=ACTOR,
-                            message="missed its time by more than the misfire grace")
-    return len(superseded) + len(missed)
+        if ids:  # counted as moved: another scheduler may have skipped some already
+            skipped += len(runs.set_states(
+                conn, flow_runs.c.id.in_(ids) & waiting, StateType.SKIPPED, reason=reason,
+                actor=ACTOR, message="missed its time by more than the misfire grace"))
+    return skipped
 
 
 def _overdue(conn: Connection, now: datetime) -> list[Any]:

@@ -1,0 +1,448 @@
+"""The scheduler at size: `python tests/benchmarks/scheduler.py` prints one JSON object.
+
+    python tests/benchmarks/scheduler.py [--backend sqlite|postgresql|both] [--deployments N]
+        [--skip-server] [--api-seconds S] [--profile N] [--write-docs]
+
+On each backend — SQLite in a temporary file, PostgreSQL in a fresh schema of
+OSTINATO_TEST_POSTGRES_URL (or --postgres-url), dropped afterwards — it measures:
+
+- `create`: N deployments on `* * * * *` through `queues.deployments.apply`, 1,000 per
+  transaction;
+- `first_materialisation`: `materialize.tick()` until nothing is due — wall time, runs created,
+  runs/s (target: under 60 s for 10,000 deployments);
+- `idle_tick`: 20 `tick()` calls with nothing due, median and p95 in ms (target: under 50 ms);
+- `server` (unless --skip-server): `ostinato server start` on that database with its loops on;
+  its RSS after ~10 s idle (target: under 300 MB), then deployment creation through the API
+  (PUT /api/deployments, one deployment per request, 4 client threads, --api-seconds) while its
+  scheduler materialises the new ones — requests/s, latency percentiles, errors — and its RSS
+  after that; then the same load on a server with its loops off, for comparison.
+
+`--profile N` also profiles one first tick over N fresh deployments (cProfile, top 15 functions
+by cumulative time). `--write-docs` writes the figures into the "## Scheduler" section of
+docs/benchmarks.md. Figures depend on the machine; the JSON names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import create_engine, text
+
+from ostinato.deploy.schedules import Cron
+from ostinato.deploy.schemas import DeploymentSpec
+from ostinato.queues import deployments
+from ostinato.queues.database import Database, connect
+from ostinato.queues.migrate import upgrade
+from ostinato.scheduler.materialize import tick
+
+BATCH = 1000
+IDLE_TICKS = 20
+IDLE_SECONDS = 10.0
+API_CLIENTS = 4
+TARGETS = {"first_materialisation_s": 60.0, "idle_tick_ms": 50.0, "server_rss_mb": 300.0}
+EDITABLE = Path(deployments.__file__ or ".").parents[2]  # holds ostinato/
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+
+# --- databases -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def sqlite_url() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as folder:
+        yield f"sqlite:///{Path(folder) / 'ostinato.db'}"
+
+
+@contextmanager
+def postgres_url(base: str) -> Iterator[str]:
+    """A fresh schema of `base`, dropped afterwards (as tests/conftest.py does)."""
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def spec(name: str) -> DeploymentSpec:
+    return DeploymentSpec(flow="bench", name=name, entrypoint="flows.py:bench",
+                          path="/srv/flows", schedules=[Cron("* * * * *")])
+
+
+def create(database: Database, count: int, prefix: str = "d") -> dict[str, Any]:
+    started = time.perf_counter()
+    for first in range(0, count, BATCH):
+        with database.write() as conn:
+            deployments.apply(conn, [spec(f"{prefix}{n:06}")
+                                     for n in range(first, min(first + BATCH, count))])
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "deployments_per_second": round(count / seconds, 1)}
+
+
+# --- ticks ---------------------------------------------------------------------------------------
+
+
+def first_materialisation(database: Database) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = tick(database)
+    seconds = time.perf_counter() - started
+    left = tick(database)
+    return {"seconds": round(seconds, 2), "runs_created": result.runs_created,
+            "schedules": result.schedules, "batches": result.batches,
+            "runs_per_second": round(result.runs_created / seconds, 1),
+            "due_after": left.schedules,
+            "target_met": seconds < TARGETS["first_materialisation_s"]}
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+def idle_tick(database: Database) -> dict[str, Any]:
+    samples: list[float] = []
+    for _ in range(IDLE_TICKS):
+        started = time.perf_counter()
+        done = tick(database)
+        samples.append((time.perf_counter() - started) * 1000)
+        assert done.schedules == 0, f"{done.schedules} schedules were due in an idle tick"
+    ordered = sorted(samples)
+    return {"median_ms": round(statistics.median(ordered), 2),
+            "p95_ms": round(percentile(ordered, 0.95), 2),
+            "target_met": percentile(ordered, 0.95) < TARGETS["idle_tick_ms"]}
+
+
+def profile(database: Database, count: int) -> dict[str, Any]:
+    create(database, count, prefix="p")
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    result = profiler.runcall(tick, database)
+    seconds = time.perf_counter() - started
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(15)
+    lines = [short_paths(line.rstrip()) for line in stream.getvalue().splitlines()
+             if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced"))]
+    return {"deployments": count, "seconds_under_profiler": round(seconds, 2),
+            "runs_created": result.runs_created, "top_cumulative": lines[-16:]}
+
+
+def short_paths(line: str) -> str:
+    """A profile line with site-packages and the editable build's folder left out."""
+    for folder in sorted({*sysconfig.get_paths().values(), str(EDITABLE)}, key=len,
+                         reverse=True):
+        line = line.replace(folder.rstrip("/") + "/", "")
+    return line
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(url: str, home: Path, loops: bool = True
+           ) -> Iterator[tuple[str, psutil.Process, dict[str, Any]]]:
+    """`ostinato server start` on `url`, with or without its loops; yields its API URL and
+    process, and fills the dict with its exit status and its log's tracebacks once stopped."""
+    port = free_port()
+    env = {**os.environ, "OSTINATO_DATABASE_URL": url, "OSTINATO_HOME": str(home),
+           "OSTINATO_PORT": str(port), "OSTINATO_RUN_SCHEDULER": str(loops).lower(),
+           "OSTINATO_LOG_LEVEL": "warning"}
+    log = home / "server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "ostinato.cli.main", "server", "start", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    outcome: dict[str, Any] = {}
+    try:
+        api = f"http://127.0.0.1:{port}/api"
+        wait_healthy(api, process)
+        yield api, psutil.Process(process.pid), outcome
+    finally:
+        outcome["exit_code"] = stop(process)
+        outcome["log_tracebacks"] = log.read_text(errors="replace").count("Traceback")
+
+
+def wait_healthy(api: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} at start-up")
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not answer /api/health within {seconds} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=10)
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return round(process.memory_info().rss / 2**20, 1)
+
+
+def client_loop(api: str, number: int, deadline: float, latencies: list[float],
+                errors: Counter[str]) -> None:
+    with httpx.Client(base_url=api, timeout=60) as client:
+        iteration = 0
+        while time.monotonic() < deadline:
+            body = {"deployments": [spec(f"api{number}-{iteration:06}").model_dump(mode="json")]}
+            iteration += 1
+            started = time.perf_counter()
+            try:
+                status = str(client.put("/deployments", json=body).status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            latencies.append(time.perf_counter() - started)
+            if status != "200":
+                errors[status] += 1
+
+
+def api_creation(api: str, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    threads = [threading.Thread(target=client_loop, args=(api, n, deadline, latencies, errors))
+               for n in range(API_CLIENTS)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    ordered = sorted(latencies)
+    return {"clients": API_CLIENTS, "seconds": round(elapsed, 2), "requests": len(ordered),
+            "requests_per_second": round(len(ordered) / elapsed, 1),
+            "errors": dict(errors),
+            "latency_ms": {name: round(percentile(ordered, q) * 1000, 1)
+                           for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99),
+                                           ("max", 1.0))}}
+
+
+def measure_server(url: str, home: Path, api_seconds: float, database: Database
+                   ) -> dict[str, Any]:
+    with server(url, home) as (api, process, outcome):
+        time.sleep(IDLE_SECONDS)
+        idle = rss_mb(process)
+        before = run_count(database)
+        load = api_creation(api, api_seconds)
+        after_load = rss_mb(process)
+        time.sleep(3)  # a scheduler interval or so: let it finish the last ones
+        load["runs_created_meanwhile"] = run_count(database) - before
+    return {"rss_idle_mb": idle, "rss_after_api_mb": after_load,
+            "rss_target_met": idle < TARGETS["server_rss_mb"], "api_creation": load, **outcome}
+
+
+def run_count(database: Database) -> int:
+    with database.read() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM flow_runs").scalar_one())
+
+
+# --- one backend, the whole run ------------------------------------------------------------------
+
+
+def on_database(url: str, action: Callable[[Database], dict[str, Any]]) -> dict[str, Any]:
+    database = connect(url)
+    try:
+        upgrade(database)
+        return action(database)
+    finally:
+        database.dispose()
+
+
+def measure(database: Database, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {"create": create(database, args.deployments)}
+    figures["first_materialisation"] = first_materialisation(database)
+    figures["idle_tick"] = idle_tick(database)
+    if args.skip_server:
+        return figures
+    with tempfile.TemporaryDirectory(prefix="ostinato-bench-home-") as home:
+        figures["server"] = measure_server(url, Path(home), args.api_seconds, database)
+        with server(url, Path(home), loops=False) as (api, _process, _outcome):
+            figures["server"]["api_creation_with_loops_off"] = api_creation(
+                api, args.api_seconds)
+    return figures
+
+
+def backend_urls(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+    chosen = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    if "postgresql" in chosen and not args.postgres_url:
+        raise SystemExit("PostgreSQL needs --postgres-url or OSTINATO_TEST_POSTGRES_URL")
+    makers: dict[str, Callable[[], Any]] = {
+        "sqlite": sqlite_url, "postgresql": lambda: postgres_url(args.postgres_url)}
+    return {name: makers[name] for name in chosen}
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), "unknown")
+    meminfo = Path("/proc/meminfo").read_text().split()
+    memory_gb = int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": int(nproc), "cpu": model, "memory_gb": round(memory_gb, 1),
+            "python": sys.version.split()[0], "commit": revision()}
+
+
+def revision() -> str:
+    """The checked-out commit, marked `+changes` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=DOCS.parent).stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine(), "deployments": args.deployments,
+                              "targets": TARGETS, "results": {}}
+    for name, make_url in backend_urls(args).items():
+        with make_url() as url:
+            report["results"][name] = on_database(url, lambda db: measure(db, url, args))
+        if args.profile:
+            with make_url() as url:
+                report["results"][name]["profile"] = on_database(
+                    url, lambda db: profile(db, args.profile))
+    return report
+
+
+# --- docs/benchmarks.md --------------------------------------------------------------------------
+
+
+def table(report: dict[str, Any], command: str) -> str:
+    m = report["machine"]
+    lines = [f"Command: `{command}`  ", f"Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']}, "
+             f"{m['memory_gb']} GB memory, Python {m['python']}; code at {m['commit']}.", "",
+             "| measure | target | " + " | ".join(report["results"]) + " |",
+             "|---|---|" + "---|" * len(report["results"])]
+    for label, target, paths in ROWS:
+        cells = ["; ".join(_cell(figures, path) for path in paths)
+                 for figures in report["results"].values()]
+        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(figures: Any, path: str) -> str:
+    for key in path.split("."):
+        if not isinstance(figures, dict) or key not in figures:
+            return "—"
+        figures = figures[key]
+    if isinstance(figures, dict):  # errors by kind
+        return ", ".join(f"{kind}: {count}" for kind, count in figures.items()) or "none"
+    return str(figures)
+
+
+API, QUIET = "server.api_creation", "server.api_creation_with_loops_off"
+ROWS: list[tuple[str, str, list[str]]] = [
+    ("create deployments: s; per s", "", ["create.seconds", "create.deployments_per_second"]),
+    ("first materialisation: s", "< 60 s", ["first_materialisation.seconds"]),
+    ("runs created; runs/s", "", ["first_materialisation.runs_created",
+                                  "first_materialisation.runs_per_second"]),
+    ("idle tick: median; p95 ms", "< 50 ms", ["idle_tick.median_ms", "idle_tick.p95_ms"]),
+    ("server RSS idle ~10 s: MB", "< 300 MB", ["server.rss_idle_mb"]),
+    ("server RSS after API load: MB", "", ["server.rss_after_api_mb"]),
+    ("API PUT /deployments, loops on: req/s; p50; p99 ms", "",
+     [f"{API}.requests_per_second", f"{API}.latency_ms.p50", f"{API}.latency_ms.p99"]),
+    ("same, server loops off: req/s; p50; p99 ms", "",
+     [f"{QUIET}.requests_per_second", f"{QUIET}.latency_ms.p50", f"{QUIET}.latency_ms.p99"]),
+    ("API errors (loops on; off)", "none", [f"{API}.errors", f"{QUIET}.errors"]),
+]
+
+SECTION_INTRO = """\
+`tests/benchmarks/scheduler.py`: N deployments on `* * * * *` created through
+`queues.deployments.apply` (1,000 per transaction); the first full materialisation
+(`materialize.tick()` until nothing is due); 20 idle ticks; then `ostinato server start` on that
+database, its RSS after ~10 s idle, and deployment creation through the API (one deployment per
+`PUT /api/deployments`, 4 client threads) while its scheduler materialises the new ones — and
+the same load on a server with its loops off, for comparison.
+"""
+
+
+def profiles(report: dict[str, Any]) -> str:
+    blocks = [f"Profile of one first tick over {figures['profile']['deployments']} deployments "
+              f"on {name} (top 15 by cumulative time):\n\n```\n"
+              + "\n".join(figures["profile"]["top_cumulative"]) + "\n```\n"
+              for name, figures in report["results"].items() if "profile" in figures]
+    return "\n".join(blocks)
+
+
+def write_docs(report: dict[str, Any], command: str, path: Path = DOCS) -> None:
+    """Replace the "## Scheduler" section of `path`, keeping every other section."""
+    parts = [f"## Scheduler\n\n{SECTION_INTRO}", table(report, command), profiles(report)]
+    section = "\n\n".join(part.rstrip("\n") for part in parts if part)
+    content = path.read_text() if path.exists() else DOCS_INTRO
+    head, found, rest = content.partition("## Scheduler\n")
+    following = rest.find("\n## ") if found else -1
+    tail = rest[following + 1:] if following >= 0 else ""
+    parts = [head.rstrip("\n"), section.rstrip("\n"), tail.rstrip("\n")]
+    path.write_text("\n\n".join(part for part in parts if part) + "\n")
+
+
+DOCS_INTRO = """\
+# Benchmarks
+
+Figures measured by the scripts in `tests/benchmarks/`, each section with the command that
+produced it and the machine it ran on. They are snapshots, not guarantees: rerun the command to
+compare a change.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--deployments", type=int, default=10_000)
+    parser.add_argument("--postgres-url", default=os.environ.get("OSTINATO_TEST_POSTGRES_URL"))
+    parser.add_argument("--skip-server", action="store_true",
+                        help="skip the server's RSS and the API creation rate")
+    parser.add_argument("--api-seconds", type=float, default=10.0)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile a first tick over N deployments")
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    report = run(args)
+    print(json.dumps(report, indent=2))
+    if args.write_docs:
+        write_docs(report, "python tests/benchmarks/scheduler.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
