@@ -68,16 +68,22 @@ def new_run_values(**values: Any) -> dict[str, Any]:
 def slot_run_values(deployment_id: uuid.UUID, deployment: str, slug: str, nominal: datetime, *,
                     scheduled_time: datetime, parameters: dict[str, Any], tags: list[str],
                     auto_scheduled: bool, state: StateType = StateType.SCHEDULED,
-                    reason: str | None = None) -> dict[str, Any]:
-    """Column values of the run of one schedule slot (materialised or backfilled)."""
+                    reason: str | None = None, created: datetime | None = None
+                    ) -> dict[str, Any]:
+    """Column values of the run of one schedule slot (materialised or backfilled).
+
+    Built in one literal, with `created` given once per batch: a tick builds ~750,000 of these.
+    """
     flow, name = deployment.split("/", 1)
-    return new_run_values(
-        name=f"{name}-{nominal:%Y%m%d-%H%M%S}", flow_name=flow, deployment_id=deployment_id,
-        deployment_name=deployment, schedule_slug=slug, nominal_time=nominal,
-        scheduled_time=scheduled_time, parameters=parameters, tags=tags,
-        auto_scheduled=auto_scheduled, state=state.value, state_name=state.display_name,
-        reason=reason,
-    )
+    created = created or utcnow()
+    return {
+        "id": new_id(), "name": f"{name}-{nominal:%Y%m%d-%H%M%S}", "flow_name": flow,
+        "deployment_id": deployment_id, "deployment_name": deployment, "schedule_slug": slug,
+        "nominal_time": nominal, "scheduled_time": scheduled_time, "state": state.value,
+        "state_name": state.display_name, "reason": reason, "attempt": 1, "fencing_token": 0,
+        "parameters": parameters, "tags": tags, "auto_scheduled": auto_scheduled,
+        "created": created, "updated": created,
+    }
 
 
 def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:

@@ -204,6 +204,7 @@ def _visit_all(conn: Connection, due: list[DueSchedule], now: datetime, policy: 
     visits: list[Visit] = []
     rows: list[dict[str, Any]] = []
     created = runs_created(conn, due)
+    made_at = datetime.now(UTC)
     for item in due:
         schedule = item.definition
         remaining = None
@@ -218,15 +219,16 @@ def _visit_all(conn: Connection, due: list[DueSchedule], now: datetime, policy: 
             visits.append(Visit(item.id, item.scheduled_until, now + policy.horizon))
             continue
         parameters = {**item.parameters, **schedule.parameters}  # one object for all its runs
-        rows.extend(_run_values(item, p, parameters) for p in result.runs)
+        rows.extend(_run_values(item, p, parameters, made_at) for p in result.runs)
         visits.append(Visit(item.id, result.scheduled_until, result.visit_at))
     return visits, rows
 
 
-def _run_values(item: DueSchedule, planned: PlannedRun, parameters: dict[str, Any]
-                ) -> dict[str, Any]:
+def _run_values(item: DueSchedule, planned: PlannedRun, parameters: dict[str, Any],
+                made_at: datetime) -> dict[str, Any]:
     return runs.slot_run_values(
         item.deployment_id, item.deployment, item.definition.slug, planned.instant.time,
         scheduled_time=planned.scheduled_time, parameters=parameters, tags=item.tags,
+        created=made_at,
         auto_scheduled=True, state=planned.state, reason=planned.reason,
     )
