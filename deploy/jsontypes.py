@@ -1,8 +1,12 @@
-"""JSON values the API accepts: objects capped in depth, so they can always be stored and
-serialised back (nothing legitimate nests deeper)."""
+"""JSON values the API accepts: what every backend can store and serialise back.
+
+Objects are capped in depth (nothing legitimate nests deeper); NUL characters and the
+non-standard NaN/Infinity are refused, since PostgreSQL's JSONB can hold neither.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -10,13 +14,21 @@ from pydantic import AfterValidator
 MAX_JSON_DEPTH = 32
 
 
-def _not_too_deep(value: Any, depth: int = 0) -> Any:
+def _storable(value: Any, depth: int = 0) -> Any:
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
-    children = value.values() if isinstance(value, dict) else value
-    for child in children if isinstance(value, dict | list) else ():
-        _not_too_deep(child, depth + 1)
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a JSON number")
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _storable(key, depth + 1)
+            _storable(child, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            _storable(child, depth + 1)
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_not_too_deep)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]

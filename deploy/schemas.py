@@ -27,7 +27,7 @@ from ostinato.deploy.states import StateType
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,]{1,100}$")]
+Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,\x00]{1,100}$")]
 DeploymentName = Annotated[str, StringConstraints(pattern=r"^[^/\s]{1,100}/[^/\s]{1,100}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Seconds = Annotated[float, Field(ge=0, le=366 * 86400)]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DataError
 
 _IDENTITY = "deployment_id, schedule_slug, nominal_time"
 
@@ -81,6 +82,15 @@ def _json_once() -> Callable[[Any], str | None]:
 
 def _copy_then_insert(conn: Connection, columns: list[str], values: list[tuple[Any, ...]]
                       ) -> int:
+    import psycopg
+
+    try:
+        return _copy_into(conn, columns, values)
+    except psycopg.DataError as exc:  # what SQLAlchemy would raise, so the API answers 422
+        raise DataError("COPY runs_in", None, exc) from exc
+
+
+def _copy_into(conn: Connection, columns: list[str], values: list[tuple[Any, ...]]) -> int:
     names = ", ".join(columns)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS runs_in "

@@ -7,7 +7,9 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.exc import DataError
 
 from ostinato.deploy.schemas import DeploymentSpec
 from ostinato.queues import bundles, deployments, runs
@@ -73,3 +75,13 @@ def test_bulk_insert_in_one_transaction_twice_counts_each_batch(database: Databa
         assert insert_runs_ignoring_duplicates(conn, [_run(None, "b", m) for m in range(5)]) == 5
     with database.read() as conn:
         assert len(conn.execute(select(flow_runs.c.id)).all()) == 8
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_value_postgresql_refuses_raises_the_error_the_api_maps_to_422(database: Database
+                                                                          ) -> None:
+    bad = _run(None, "s", 0) | {"name": "nul\x00in-a-name"}
+    with pytest.raises(DataError), database.write() as conn:
+        insert_runs_ignoring_duplicates(conn, [bad])
+    with database.read() as conn:
+        assert conn.execute(select(flow_runs.c.id)).all() == []
