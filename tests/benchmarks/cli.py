@@ -19,8 +19,6 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
+import harness
+from harness import free_port, stop, wait_healthy
 
 RUNS = 10
 SERVER_RUNS = 3
@@ -57,12 +56,6 @@ def ostinato() -> list[str]:
     """The console script, as users run it (the module if the script is not on PATH)."""
     script = shutil.which("ostinato")
     return [script] if script else [sys.executable, "-m", "ostinato.cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(home: Path, api_url: str) -> dict[str, str]:
@@ -96,31 +89,9 @@ def repeat(command: Sequence[str], env: dict[str, str], target: float) -> dict[s
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """The server as users start it, through the console script."""
     env = environment(home, f"http://127.0.0.1:{port}/api")
-    return subprocess.Popen([*ostinato(), "server", "start", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_healthy(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=1) as http:
-        while time.monotonic() < deadline:
-            try:
-                if http.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-    raise RuntimeError(f"server on port {port} not healthy within {timeout} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return harness.start_server(port, env, command=[*ostinato(), "server", "start"])
 
 
 def time_to_health(root: Path) -> dict[str, Any]:
@@ -130,7 +101,7 @@ def time_to_health(root: Path) -> dict[str, Any]:
         start = time.perf_counter()
         process = start_server(root / f"fresh-{number}", port)
         try:
-            wait_healthy(port)
+            wait_healthy(f"http://127.0.0.1:{port}/api", process)
             samples.append(time.perf_counter() - start)
         finally:
             stop(process)
@@ -145,7 +116,7 @@ def commands(root: Path) -> dict[str, Any]:
     env = environment(home, f"http://127.0.0.1:{port}/api")
     server = start_server(home, port)
     try:
-        wait_healthy(port)
+        wait_healthy(f"http://127.0.0.1:{port}/api", server)
         project = root / "project"
         project.mkdir()
         (project / "flows.py").write_text(FLOW_FILE)

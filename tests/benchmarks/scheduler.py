@@ -30,8 +30,6 @@ import io
 import json
 import os
 import pstats
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from typing import Any
 
 import httpx
 import psutil
+from harness import free_port, percentile, start_server, stop, wait_healthy
 from sqlalchemy import create_engine, text
 
 from ostinato.deploy.schedules import Cron
@@ -120,11 +119,6 @@ def first_materialisation(database: Database) -> dict[str, Any]:
             "target_met": seconds < TARGETS["first_materialisation_s"]}
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
 def idle_tick(database: Database) -> dict[str, Any]:
     samples: list[float] = []
     for _ in range(IDLE_TICKS):
@@ -163,12 +157,6 @@ def short_paths(line: str) -> str:
 # --- the server ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def server(url: str, home: Path, loops: bool = True
            ) -> Iterator[tuple[str, psutil.Process, dict[str, Any]]]:
@@ -180,9 +168,8 @@ def server(url: str, home: Path, loops: bool = True
            "OSTINATO_LOG_LEVEL": "warning"}
     log = home / "server.log"
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "ostinato.cli.main", "server", "start", "--port", str(port)]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = start_server(port, env, out=out)
     outcome: dict[str, Any] = {}
     try:
         api = f"http://127.0.0.1:{port}/api"
@@ -191,29 +178,6 @@ def server(url: str, home: Path, loops: bool = True
     finally:
         outcome["exit_code"] = stop(process)
         outcome["log_tracebacks"] = log.read_text(errors="replace").count("Traceback")
-
-
-def wait_healthy(api: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} at start-up")
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not answer /api/health within {seconds} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait(timeout=10)
 
 
 def rss_mb(process: psutil.Process) -> float:

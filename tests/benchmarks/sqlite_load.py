@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -30,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
+from harness import free_port, percentile, stop, wait_healthy
 
 RUNS_PER_DEPLOYMENT = 3
 FLOW_SOURCE = b'''from ostinato.deploy import flow
@@ -40,12 +41,6 @@ FLOW_SOURCE = b'''from ostinato.deploy import flow
 def load(n: int = 0) -> int:
     return n
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def small_bundle() -> bytes:
@@ -58,46 +53,13 @@ def small_bundle() -> bytes:
     return buffer.getvalue()
 
 
-def server_command(port: int) -> list[str]:
-    """`ostinato server start`, or the library call behind it if the CLI lacks the command."""
-    cli = [sys.executable, "-m", "ostinato.cli.main", "server", "start"]
-    probe = subprocess.run([*cli, "--help"], capture_output=True, timeout=60)
-    if probe.returncode == 0:
-        return [*cli, "--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-c", "from ostinato.deploy.settings import Settings; "
-            "from ostinato.scheduler.server import serve; serve(Settings())"]
-
-
-def start_server(home: Path, port: int, log: Any) -> tuple[subprocess.Popen[bytes], list[str]]:
+def start_server(home: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
+    """The server on SQLite in `home`, answering /api/health."""
     env = {k: v for k, v in os.environ.items() if k != "OSTINATO_DATABASE_URL"}
-    env.update(OSTINATO_HOME=str(home), OSTINATO_HOST="127.0.0.1", OSTINATO_PORT=str(port),
-               OSTINATO_LOG_LEVEL="warning")
-    command = server_command(port)
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=2) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} at start-up")
-            try:
-                if client.get("/health").status_code == 200:
-                    return process, command
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not answer /api/health within 60 s")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> int | None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return process.returncode
+    env.update(OSTINATO_HOME=str(home), OSTINATO_LOG_LEVEL="warning")
+    process = harness.start_server(port, env, out=log)
+    wait_healthy(f"http://127.0.0.1:{port}/api", process)
+    return process
 
 
 @dataclass
@@ -162,13 +124,6 @@ def client_loop(url: str, number: int, sha256: str, deadline: float, tally: Tall
                         tally.runs += 1
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
 def count_deployments(url: str) -> int:
     total, offset = 0, 0
     with httpx.Client(base_url=url, timeout=60) as client:
@@ -195,7 +150,7 @@ def run(seconds: float, clients: int) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/api"
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log:
-            process, command = start_server(home, port, log)
+            process = start_server(home, port, log)
             try:
                 bundle = small_bundle()
                 sha256 = hashlib.sha256(bundle).hexdigest()
@@ -214,7 +169,7 @@ def run(seconds: float, clients: int) -> dict[str, Any]:
                 elapsed = time.monotonic() - started
                 stored = count_deployments(url)
             finally:
-                exit_code = stop_server(process)
+                exit_code = stop(process)
         ordered = sorted(tally.latencies)
         return {
             "clients": clients,
@@ -231,8 +186,7 @@ def run(seconds: float, clients: int) -> dict[str, Any]:
             "deployments_created": tally.deployments,
             "deployments_stored": stored,
             "runs_created": tally.runs,
-            "server": {"command": "ostinato server start" if "-m" in command else "serve()",
-                       # uvicorn re-raises the SIGTERM it handled, so -15 is a clean stop
+            "server": {# uvicorn re-raises the SIGTERM it handled, so -15 is a clean stop
                        "exit_code": exit_code, "log": server_log_findings(log_path)},
         }
 
