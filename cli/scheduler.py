@@ -18,7 +18,7 @@ def start(
         help="Seconds between passes (default: OSTINATO_SCHEDULER_INTERVAL_SECONDS, else 2).",
     )] = None,
     once: Annotated[bool, typer.Option(
-        "--once", help="Make one materialisation and catch-up pass, print what it did, exit.",
+        "--once", help="Make one pass of every loop, print what each did, exit.",
     )] = False,
 ) -> None:
     """Turn schedules into runs until Ctrl-C or SIGTERM.
@@ -30,22 +30,16 @@ def start(
     given = {"scheduler_interval_seconds": interval}
     settings = output.load_settings(**{k: v for k, v in given.items() if v is not None})
     import signal
-    from datetime import UTC, datetime
 
-    from ostinato.queues.catchup import skip_missed_runs
     from ostinato.queues.database import connect
     from ostinato.queues.migrate import upgrade
     from ostinato.scheduler.loops import SchedulerLoops
-    from ostinato.scheduler.materialize import tick
 
     database = connect(settings.effective_database_url)
     upgrade(database)
     if once:
-        result = tick(database)
-        with database.write() as conn:
-            skipped = skip_missed_runs(conn, datetime.now(UTC))
-        print(f"materialised {result.runs_created} runs for {result.schedules} schedules; "
-              f"skipped {skipped} missed runs")
+        for line in SchedulerLoops(database).run_once():
+            print(line)
         return
     loops = SchedulerLoops(database, interval=settings.scheduler_interval_seconds)
     for signum in (signal.SIGINT, signal.SIGTERM):

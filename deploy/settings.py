@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     max_bundle_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     log_level: str = "info"
     scheduler_interval_seconds: float = Field(default=2.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)  # a claim's life between heartbeats
+    cancel_grace_seconds: float = Field(default=30.0, ge=0)  # SIGTERM to SIGKILL when cancelling
     run_scheduler: bool = True  # whether `server start` also runs the scheduling loops
 
     @cached_property

@@ -45,6 +45,8 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED_BY_USER = "cancelled_by_user"
     OVERLAP_SKIP = "overlap_skip"
+    OVERLAP_CANCEL = "overlap_cancel"  # cancel_other: stopped for a newer run, with grace
+    OVERLAP_TERMINATE = "overlap_terminate"  # terminate_other: killed at once for a newer run
     CATCHUP_MISSED = "catchup_missed"
     SUPERSEDED = "superseded"
     PAUSED = "paused"

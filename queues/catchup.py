@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,25 +23,30 @@ from ostinato.queues.tables import deployments, flow_runs
 ACTOR = "scheduler"
 
 
-def skip_missed_runs(conn: Connection, now: datetime) -> int:
-    """Apply the catch-up policies to waiting runs; returns how many runs were skipped."""
-    superseded, missed = _decide(_overdue(conn, now), now)
+def skip_missed_runs(conn: Connection, now: datetime,
+                     among: Collection[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Apply the catch-up policies to waiting runs (all of them, or only those `among` the
+    given ids); returns the ids of the runs it skipped."""
+    superseded, missed = _decide(_overdue(conn, now, among), now)
     waiting = flow_runs.c.state == StateType.SCHEDULED.value
-    skipped = 0
+    skipped: list[uuid.UUID] = []
     for ids, reason in ((superseded, Reason.SUPERSEDED), (missed, Reason.CATCHUP_MISSED)):
         if ids:  # counted as moved: another scheduler may have skipped some already
-            skipped += len(runs.set_states(
+            skipped += runs.set_states(
                 conn, flow_runs.c.id.in_(ids) & waiting, StateType.SKIPPED, reason=reason,
-                actor=ACTOR, message="missed its time by more than the misfire grace"))
+                actor=ACTOR, message="missed its time by more than the misfire grace")
     return skipped
 
 
-def _overdue(conn: Connection, now: datetime) -> list[Any]:
+def _overdue(conn: Connection, now: datetime, among: Collection[uuid.UUID] | None
+             ) -> list[Any]:
     """Auto-scheduled runs already due and not skipped, of deployments that do not catch up
     `all`. Claimed and finished ones count too: `latest` keeps the newest *slot*, so an older
     one still waiting is superseded even when the newest is already running."""
     r, d = flow_runs.c, deployments.c
     due_waiting = and_(r.state == StateType.SCHEDULED.value, r.scheduled_time < now)
+    if among is not None:
+        due_waiting = and_(due_waiting, r.id.in_(among))
     query = (
         select(r.id, r.state, r.deployment_id, r.schedule_slug, r.nominal_time,
                r.scheduled_time, d.catchup, d.misfire_grace)

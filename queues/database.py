@@ -9,10 +9,13 @@ row locks with `FOR UPDATE SKIP LOCKED` where processes compete.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,8 @@ class Database:
 
     engine: Engine
     _write_lock: threading.Lock | None = field(default=None, repr=False)
+    # Called after a commit that made work available, with when it is due (None: now).
+    work_listeners: list[Callable[[datetime | None], None]] = field(default_factory=list)
 
     @property
     def dialect(self) -> str:
@@ -57,11 +62,20 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction (`BEGIN IMMEDIATE` on SQLite); rolled back if the block raises."""
+        """A write transaction (`BEGIN IMMEDIATE` on SQLite); rolled back if the block raises.
+
+        If the transaction made work available (see `mark_work_available`), the listeners hear
+        of it after the commit, with the earliest time the new work is due.
+        """
         with self._write_lock or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(ostinato_write=True)
+            conn.info.pop(_WORK_DUE_AT, None)
             with conn.begin():
                 yield conn
+            due_at = conn.info.pop(_WORK_DUE_AT, None)
+        if due_at is not None:
+            for listener in self.work_listeners:
+                listener(None if due_at is _NOW else due_at)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -71,6 +85,50 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+WORK_CHANNEL = "ostinato_work"
+_WORK_DUE_AT = "ostinato_work_due_at"
+_NOW = object()
+# Tags this process's NOTIFY payloads: its own notices already woke its polls after the commit.
+_PROCESS_TAG = uuid.uuid4().hex[:12]
+
+
+def mark_work_available(conn: Connection, due_at: datetime | None = None) -> None:
+    """Record that this transaction creates claimable work or frees a slot, due at `due_at`
+    (None: now). Long polls waiting in this process wake after the commit; on PostgreSQL a
+    NOTIFY (delivered at commit, dropped on rollback) wakes those of other servers."""
+    previous = conn.info.get(_WORK_DUE_AT)
+    if previous is _NOW or (previous is not None and due_at is not None and previous <= due_at):
+        return
+    conn.info[_WORK_DUE_AT] = _NOW if due_at is None else due_at
+    if conn.dialect.name == "postgresql":
+        payload = f"{_PROCESS_TAG} {'' if due_at is None else due_at.isoformat()}"
+        conn.execute(select(func.pg_notify(WORK_CHANNEL, payload)))
+
+
+def parse_work_notice(payload: str) -> tuple[bool, datetime | None]:
+    """(whether another process sent it, when its work is due) from a NOTIFY payload."""
+    sender, _, due_at = payload.partition(" ")
+    try:
+        return sender != _PROCESS_TAG, datetime.fromisoformat(due_at) if due_at else None
+    except ValueError:
+        return True, None
+
+
+def lock_names(conn: Connection, names: Iterable[str]) -> None:
+    """Serialise the transactions that decide about the same names (a queue's or a tag's free
+    slots, a deployment's overlap) until this one ends.
+
+    PostgreSQL: advisory transaction locks, taken in one global order so that two transactions
+    never wait on each other in a cycle. SQLite's single writer serialises them already.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                                  signed=True) for name in names})
+    for key in keys:
+        conn.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def json_array_contains(dialect: str, column: ColumnElement[Any], value: str

@@ -26,12 +26,13 @@ from sqlalchemy import (
 
 from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
-from ostinato.deploy.states import LATE_NAME, StateType
+from ostinato.deploy.states import LATE_NAME, TERMINAL_STATES, StateType
 from ostinato.queues.bulk import insert_runs_ignoring_duplicates
-from ostinato.queues.database import json_array_contains
+from ostinato.queues.database import json_array_contains, mark_work_available
 from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
+_FREEING_SLOTS = TERMINAL_STATES - {StateType.SKIPPED}  # SKIPPED runs never held a slot
 MAX_PAGE = 1000
 
 
@@ -98,6 +99,8 @@ def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:
     if not runs:
         return 0
     inserted = insert_runs_ignoring_duplicates(conn, runs)
+    if inserted:
+        mark_work_available(conn, min(run["scheduled_time"] for run in runs))
     skipped_at_birth = [run["id"] for run in runs if run["state"] != StateType.SCHEDULED]
     for chunk in _chunks(skipped_at_birth, 5000):
         _record_creation_states(conn, chunk)
@@ -125,42 +128,57 @@ def _creator() -> ColumnElement[str]:
                 (c.schedule_slug.is_not(None), literal("backfill")), else_=literal("user"))
 
 
-def set_states(
+def set_states(conn: Connection, where: Any, state: StateType, **options: Any
+               ) -> list[uuid.UUID]:
+    """Move every run matching `where` to `state`; returns the ids it moved."""
+    return [row.id for row in set_states_returning(conn, where, state, **options)]
+
+
+def set_states_returning(
     conn: Connection,
     where: Any,
     state: StateType,
     *,
+    name: str | None = None,
     reason: str | None = None,
     message: str | None = None,
     actor: str | None = None,
     **values: Any,
-) -> list[uuid.UUID]:
-    """Move every run matching `where` to `state`; returns the ids it moved."""
+) -> list[Any]:
+    """Move every run matching `where` to `state` (shown as `name`, by default the state's
+    own); returns the moved rows as they are now.
+
+    A run going back to SCHEDULED is new work, and a run ending may free a slot under a limit,
+    so both wake the long polls.
+    """
     now = utcnow()
+    name = name or state.display_name
     moved = conn.execute(
         update(flow_runs)
         .where(where)
-        .values(state=state.value, state_name=state.display_name, reason=reason, updated=now,
-                **values)
-        .returning(flow_runs.c.id, flow_runs.c.attempt)
+        .values(state=state.value, state_name=name, reason=reason, updated=now, **values)
+        .returning(*flow_runs.c)
     ).all()
-    _append_history(conn, ((row.id, row.attempt) for row in moved), state,
-                    reason=reason, message=message, actor=actor)
-    return [row.id for row in moved]
+    append_history(conn, ((row.id, row.attempt) for row in moved), state, name=name,
+                   reason=reason, message=message, actor=actor)
+    if moved and (state is StateType.SCHEDULED or state in _FREEING_SLOTS):
+        mark_work_available(conn)
+    return list(moved)
 
 
-def _append_history(
+def append_history(
     conn: Connection,
     runs: Iterable[tuple[uuid.UUID, int]],
     state: StateType,
     *,
+    name: str,
     reason: str | None,
     message: str | None,
     actor: str | None,
 ) -> None:
     now = utcnow()
     entries = [
-        {"flow_run_id": run_id, "type": state.value, "name": state.display_name, "reason": reason,
+        {"flow_run_id": run_id, "type": state.value, "name": name, "reason": reason,
          "message": message, "timestamp": now, "actor": actor, "attempt": attempt}
         for run_id, attempt in runs
     ]

@@ -12,6 +12,7 @@ from ostinato.deploy.errors import Conflict, NotFound
 from ostinato.deploy.schemas import FlowRun, WorkQueue, WorkQueueSpec, WorkQueueUpdate
 from ostinato.deploy.states import StateType
 from ostinato.queues import runs
+from ostinato.queues.database import mark_work_available
 from ostinato.queues.filters import sql_filter
 from ostinato.queues.tables import flow_runs, new_id, utcnow, work_queues
 
@@ -50,6 +51,7 @@ def edit(conn: Connection, name: str, changes: WorkQueueUpdate) -> WorkQueue:
     if values:
         conn.execute(update(work_queues).where(work_queues.c.name == name)
                      .values(updated=utcnow(), **values))
+        mark_work_available(conn)  # resumed, widened or given more slots: polls look again
     return get(conn, name)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib.metadata import version
 
 from fastapi import APIRouter, FastAPI
@@ -12,7 +13,16 @@ from ostinato.deploy.schemas import Health
 from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database, connect
 from ostinato.queues.migrate import upgrade
-from ostinato.scheduler.api import bundles, deployments, errors, flow_runs, work_queues
+from ostinato.queues.notify import PostgresListener, WorkNotifier
+from ostinato.scheduler.api import (
+    agents,
+    bundles,
+    concurrency_limits,
+    deployments,
+    errors,
+    flow_runs,
+    work_queues,
+)
 from ostinato.scheduler.api.dependencies import DatabaseDep
 from ostinato.scheduler.loops import SchedulerLoops
 
@@ -27,6 +37,22 @@ def read_health(database: DatabaseDep) -> Health:
     return Health(version=version("ostinato"), database=dialect)
 
 
+@contextmanager
+def _waking_long_polls(app: FastAPI, database: Database) -> Iterator[None]:
+    """Long polls of this app wake on its own commits, and on PostgreSQL on other processes'."""
+    app.state.notifier = notifier = WorkNotifier(asyncio.get_running_loop())
+    listener = None if database.is_sqlite else PostgresListener(database.engine, notifier)
+    database.work_listeners.append(notifier.notify)
+    if listener:
+        listener.start()
+    try:
+        yield
+    finally:
+        database.work_listeners.remove(notifier.notify)
+        if listener:
+            listener.stop()
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     """The API under `/api` (OpenAPI at `/api/docs`).
 
@@ -38,24 +64,25 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
-        app.state.database = database or connect(settings.effective_database_url)
-        loops = SchedulerLoops(app.state.database, interval=settings.scheduler_interval_seconds)
+        app.state.database = db = database or connect(settings.effective_database_url)
+        loops = SchedulerLoops(db, interval=settings.scheduler_interval_seconds)
         try:
             if owned:
-                upgrade(app.state.database)
-            if settings.run_scheduler:
-                loops.start()
-            yield
+                upgrade(db)
+            with _waking_long_polls(app, db):
+                if settings.run_scheduler:
+                    loops.start()
+                yield
         finally:
             loops.stop()
             if owned:
-                app.state.database.dispose()
+                db.dispose()
 
     app = FastAPI(title="Ostinato", version=version("ostinato"), lifespan=lifespan,
                   docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
     app.state.settings = settings
     for router in (health, deployments.router, flow_runs.router, work_queues.router,
-                   bundles.router):
+                   bundles.router, agents.router, concurrency_limits.router):
         app.include_router(router, prefix="/api")
     errors.install(app)
     return app

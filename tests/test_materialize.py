@@ -222,7 +222,7 @@ def test_catch_up_skips_waiting_runs_that_missed_their_time(database: Database) 
     tick(database, now=NOW)
     skipped = 0
     with database.write() as conn:
-        skipped = skip_missed_runs(conn, NOW + timedelta(minutes=20))
+        skipped = len(skip_missed_runs(conn, NOW + timedelta(minutes=20)))
     rows = _runs(database, flow_runs.c.deployment_name, flow_runs.c.state, flow_runs.c.reason,
                  flow_runs.c.nominal_time)
     missed_by = NOW + timedelta(minutes=15)  # 20 min later, minus the 5 min grace

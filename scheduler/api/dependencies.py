@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database
+from ostinato.queues.notify import WorkNotifier
 
 
 def _database(request: Request) -> Database:
@@ -22,7 +23,13 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _notifier(request: Request) -> WorkNotifier:
+    notifier: WorkNotifier = request.app.state.notifier
+    return notifier
+
+
 DatabaseDep = Annotated[Database, Depends(_database)]
+NotifierDep = Annotated[WorkNotifier, Depends(_notifier)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 

@@ -1,16 +1,19 @@
-"""`/api/flow-runs`: list with filters and paging, read one, its state history."""
+"""`/api/flow-runs`: list with filters and paging, read one, its state history; a holder's
+state reports; cancel; explain why a run waits."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from ostinato.deploy.protocol import Explanation, StateReport
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import StateType
-from ostinato.queues import runs
+from ostinato.queues import leases, runs
+from ostinato.queues.explain import explain as explain_run
 from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, as_utc, late_after
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
@@ -49,3 +52,24 @@ def read(run_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep) -> Flo
 def history(run_id: uuid.UUID, database: DatabaseDep) -> list[StateRecord]:
     with database.read() as conn:
         return runs.state_history(conn, run_id)
+
+
+@router.post("/{run_id}/state", response_model=FlowRun)
+def report(run_id: uuid.UUID, body: StateReport, database: DatabaseDep) -> FlowRun:
+    """A holder reports the run's new state; 409 if its fencing token is stale."""
+    with database.write() as conn:
+        return leases.report_state(conn, run_id, body, now=datetime.now(UTC))
+
+
+@router.post("/{run_id}/cancel", response_model=FlowRun)
+def cancel(run_id: uuid.UUID, database: DatabaseDep) -> FlowRun:
+    """Cancel a waiting run, or ask the agent holding it to stop it (CANCELLING)."""
+    with database.write() as conn:
+        return leases.cancel(conn, run_id, actor="user", now=datetime.now(UTC))
+
+
+@router.get("/{run_id}/explain", response_model=Explanation)
+def explain(run_id: uuid.UUID, database: DatabaseDep) -> Explanation:
+    """Every reason the run is not starting."""
+    with database.read() as conn:
+        return explain_run(conn, run_id, datetime.now(UTC))

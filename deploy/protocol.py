@@ -1,0 +1,127 @@
+"""The agent protocol on the wire (DESIGN.md §5–6): registration, claims, heartbeats, state
+reports; and what the server says about limits, agents and why a run is waiting.
+
+Agents and the server share these models; like every input schema they refuse unknown fields
+and out-of-range values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from ostinato.deploy.jsontypes import JsonObject
+from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag
+from ostinato.deploy.states import StateType
+
+MAX_WAIT_SECONDS = 60
+AgentName = Annotated[str, StringConstraints(pattern=r"^[^\s\x00]{1,200}$")]
+Host = Annotated[str, StringConstraints(pattern=r"^[^\s\x00]{1,255}$")]
+Message = Annotated[str, StringConstraints(max_length=100_000)]
+
+
+class AgentRegistration(Strict):
+    """An agent says who it is; registering again under the same name keeps its id."""
+
+    name: AgentName
+    host: Host
+    queues: Annotated[list[Name], Field(min_length=1, max_length=50)]
+
+
+class Agent(BaseModel):
+    id: UUID
+    name: str
+    host: str
+    queues: list[str]
+    last_heartbeat: datetime
+    status: Literal["online", "offline"]
+    running: int
+
+
+class ClaimRequest(Strict):
+    agent_id: UUID
+    queues: Annotated[list[Name], Field(min_length=1, max_length=50)]
+    limit: Annotated[int, Field(ge=1, le=100)] = 1
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 0
+    prefetch_seconds: Annotated[float, Field(ge=0, le=300)] = 0
+
+
+class ClaimedRun(FlowRun):
+    """A run handed to an agent, with what it needs to launch it without another request."""
+
+    fencing_token: int
+    lease_expires: datetime
+    entrypoint: str
+    bundle: str | None
+    path: str | None
+    env: dict[str, str]
+    timeout: float | None
+
+
+class HeldRun(Strict):
+    """A run an agent holds, named with the fencing token its claim returned."""
+
+    id: UUID
+    fencing_token: int
+
+
+class Heartbeat(Strict):
+    runs: Annotated[list[HeldRun], Field(max_length=10_000)] = []
+
+
+class CancelOrder(BaseModel):
+    id: UUID
+    grace_seconds: float
+
+
+class HeartbeatReply(BaseModel):
+    """`cancel`: runs to stop (their state is CANCELLING; `grace_seconds` 0 means kill at
+    once); `lost`: runs the agent no longer holds (reaped and perhaps re-claimed elsewhere) —
+    it must stop them and never report them."""
+
+    lease_seconds: float
+    cancel: list[CancelOrder]
+    lost: list[UUID]
+
+
+class StateReport(Strict):
+    """A holder's report of a run's new state; refused with 409 if `fencing_token` is stale."""
+
+    state: StateType
+    fencing_token: int
+    reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}$")] | None = None
+    message: Message | None = None
+    result: JsonObject | None = None
+
+
+class ConcurrencyLimitSpec(Strict):
+    tag: Tag
+    limit: Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class ConcurrencyLimit(BaseModel):
+    tag: str
+    limit: int
+    active: int
+    created: datetime
+
+
+class Hold(BaseModel):
+    """One reason a waiting run is not starting; `holders` are the runs occupying a full limit
+    or blocking under the overlap policy."""
+
+    code: Literal["not_due", "deployment_paused", "no_matching_queue", "queue_paused",
+                  "no_agent_polling", "queue_limit_full", "tag_limit_full", "overlap",
+                  "not_waiting"]
+    message: str
+    holders: list[UUID] = []
+
+
+class Explanation(BaseModel):
+    run: FlowRun
+    claimable: bool
+    holds: list[Hold]
+
