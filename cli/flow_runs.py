@@ -1,7 +1,9 @@
-"""`ostinato flow-run …`: find runs by state, deployment, flow, tag and time; inspect one."""
+"""`ostinato flow-run …`: find runs by state, deployment, flow, tag and time; inspect one,
+cancel one, or explain why one is waiting."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -11,7 +13,24 @@ import typer
 from ostinato.cli import output
 from ostinato.cli.output import JsonFlag, Row
 
-app = output.new_app("List and inspect flow runs.")
+app = output.new_app("List, inspect, cancel and explain flow runs.")
+
+
+def _check_id(value: str) -> str:
+    """A flow run id is a UUID; anything else is a usage error, found before any request."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a flow run id (a UUID, as `flow-run ls` "
+                                 "shows)") from None
+
+
+RunId = Annotated[str, typer.Argument(metavar="ID", callback=_check_id, help="The flow run's id.",
+                                      show_default=False)]
+
+
+def api_path(run_id: str, *action: str) -> str:
+    return "/flow-runs/" + "/".join(quote(part, safe="") for part in (run_id, *action))
 
 
 def _time_option(help_text: str) -> Any:
@@ -95,16 +114,12 @@ def _fields(run: Row) -> list[tuple[str, str]]:
 
 
 @app.command()
-def inspect(
-    run_id: Annotated[str, typer.Argument(metavar="ID", help="The flow run's id.",
-                                          show_default=False)],
-    as_json: JsonFlag = False,
-) -> None:
+def inspect(run_id: RunId, as_json: JsonFlag = False) -> None:
     """Show one flow run and its state history (times UTC).
 
     With --json: the run's API object with its history added under "states".
     """
-    path = "/flow-runs/" + quote(run_id.strip(), safe="")
+    path = api_path(run_id)
     with output.client() as api:
         run = api.get(path)
         states = api.get(path + "/states")
@@ -114,3 +129,44 @@ def inspect(
     output.print_fields(_fields(run))
     output.heading("state history")
     output.print_table(states, STATE_COLUMNS, empty="no states recorded")
+
+
+@app.command()
+def cancel(run_id: RunId, as_json: JsonFlag = False) -> None:
+    """Cancel a flow run: a waiting one is CANCELLED at once; a claimed or running one becomes
+    CANCELLING until its agent has stopped it (SIGTERM, then SIGKILL after the grace period).
+
+    Cancelling a run that has ended is an error.
+    """
+    with output.client() as api:
+        run = api.post(api_path(run_id, "cancel"))
+    if as_json:
+        output.print_json(run)
+    elif run["state"] == "CANCELLING":
+        print(f"cancelling {run['name']} ({run['id']}): its agent will stop it")
+    else:
+        print(f"cancelled {run['name']} ({run['id']})")
+
+
+def _hold(hold: Row) -> str:
+    holders = hold.get("holders") or []
+    return str(hold["message"]) + (f"; held by {', '.join(holders)}" if holders else "")
+
+
+@app.command()
+def explain(run_id: RunId, as_json: JsonFlag = False) -> None:
+    """Say why a flow run is not starting: every reason at once (not due, deployment paused,
+    no matching or open queue, no agent polling, queue or tag limit full, overlap policy),
+    with the runs that hold a full limit.
+    """
+    with output.client() as api:
+        found = api.get(api_path(run_id, "explain"))
+    if as_json:
+        output.print_json(found)
+        return
+    run = found["run"]
+    print(f"{run['name']} ({run['id']}): {_state(run)}")
+    if found["claimable"]:
+        print("claimable now: it waits only for an agent to claim it")
+    for hold in found["holds"]:
+        print("- " + _hold(hold))

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import sys
 
-from ostinato.cli import db, deployments, flow_runs, output, scheduler, server, work_queues
+from ostinato.cli import (
+    agents,
+    concurrency_limits,
+    db,
+    deployments,
+    flow_runs,
+    output,
+    scheduler,
+    server,
+    work_queues,
+)
 
 app = output.new_app(
     "Ostinato: deployments of Python flows, run on schedule through work queues by agents. "
@@ -20,7 +30,9 @@ app.add_typer(server.app, name="server")
 app.add_typer(scheduler.app, name="scheduler")
 app.add_typer(deployments.app, name="deployment")
 app.add_typer(work_queues.app, name="work-queue")
+app.add_typer(agents.app, name="agent")
 app.add_typer(flow_runs.app, name="flow-run")
+app.add_typer(concurrency_limits.app, name="concurrency-limit")
 app.add_typer(db.app, name="db")
 
 

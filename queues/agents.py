@@ -70,18 +70,29 @@ def heartbeat(conn: Connection, agent_id: uuid.UUID, beat: Heartbeat, *, now: da
         raise NotFound(f"agent {agent_id} is not registered")
     tokens = {run.id: run.fencing_token for run in beat.runs}
     c = flow_runs.c
-    renewed = conn.execute(
-        update(flow_runs).where(c.id.in_(tokens), c.agent_id == agent_id, holding_a_slot())
-        .values(lease_expires=now + lease).returning(c.id, c.fencing_token, c.state, c.reason)
-    ).all() if tokens else []
-    held = [row for row in renewed if tokens[row.id] == row.fencing_token]
-    held_ids = {row.id for row in held}
+    held_ids = _held(conn, agent_id, tokens)
+    held = conn.execute(
+        update(flow_runs).where(c.id.in_(held_ids)).values(lease_expires=now + lease)
+        .returning(c.id, c.state, c.reason)
+    ).all() if held_ids else []
     return HeartbeatReply(
         lease_seconds=lease.total_seconds(),
         cancel=[CancelOrder(id=row.id, grace_seconds=_grace(row.reason, cancel_grace))
                 for row in held if row.state == StateType.CANCELLING],
         lost=[run_id for run_id in tokens if run_id not in held_ids],
     )
+
+
+def _held(conn: Connection, agent_id: uuid.UUID, tokens: dict[uuid.UUID, int]
+          ) -> set[uuid.UUID]:
+    """The named runs the agent still holds with the tokens it names (locked until the end of
+    the transaction, so their leases are renewed as they are now)."""
+    if not tokens:
+        return set()
+    c = flow_runs.c
+    rows = conn.execute(select(c.id, c.fencing_token).where(
+        c.id.in_(tokens), c.agent_id == agent_id, holding_a_slot()).with_for_update())
+    return {row.id for row in rows if tokens[row.id] == row.fencing_token}
 
 
 def _grace(reason: str | None, cancel_grace: float) -> float:

@@ -28,6 +28,8 @@ def skip_missed_runs(conn: Connection, now: datetime,
     """Apply the catch-up policies to waiting runs (all of them, or only those `among` the
     given ids); returns the ids of the runs it skipped."""
     superseded, missed = _decide(_overdue(conn, now, among), now)
+    if among is not None:  # touch no other row: a claim must not wait for another's locks
+        superseded, missed = ([i for i in ids if i in among] for ids in (superseded, missed))
     waiting = flow_runs.c.state == StateType.SCHEDULED.value
     skipped: list[uuid.UUID] = []
     for ids, reason in ((superseded, Reason.SUPERSEDED), (missed, Reason.CATCHUP_MISSED)):

@@ -48,7 +48,7 @@ from ostinato.queues.tables import agents, deployments, flow_runs, work_queues
 
 EXTRA_CANDIDATES = 8  # beyond `limit`, in case the exact checks turn a few away
 POLL_MARK_EVERY = timedelta(seconds=10)
-HELD_BACK_BY_OVERLAP = ("buffer_all", "cancel_other")
+_OTHER = flow_runs.alias("other")  # another run of a candidate's deployment
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _candidate_query(conn: Connection, level: list[Queue], full_tags: set[str],
         .where(r.state == StateType.SCHEDULED.value, r.scheduled_time <= cutoff,
                d.paused.is_(False), or_(false(), *(sql_filter(q.filter, dialect) for q in level)),
                *(not_(json_array_contains(dialect, r.tags, tag)) for tag in sorted(full_tags)),
-               not_(and_(d.overlap.in_(HELD_BACK_BY_OVERLAP), _has_active_run())))
+               not_(_held_back_by_overlap(cutoff)))
         .order_by(r.scheduled_time)
     )
     if dialect == "postgresql":
@@ -195,10 +195,26 @@ def _candidate_query(conn: Connection, level: list[Queue], full_tags: set[str],
     return query
 
 
-def _has_active_run() -> ColumnElement[bool]:
-    other = flow_runs.alias("other")
-    return exists(select(1).where(other.c.deployment_id == flow_runs.c.deployment_id,
-                                  other.c.state.in_(limits.CLAIMED)))
+def _held_back_by_overlap(cutoff: datetime) -> ColumnElement[bool]:
+    """Runs their deployment's policy makes wait for a claimed run, left out so that they never
+    crowd out claimable ones: `buffer_all` ones while a run is claimed; the one `buffer_one` run
+    while a run is claimed and no other is due (the claim must see newer due runs, to skip
+    them); `cancel_other` ones once every claimed run is being cancelled (the claim must see
+    them before that, to ask the running one to stop)."""
+    d, other = deployments.c, _OTHER.c
+    claimed = _another_run(other.state.in_(limits.CLAIMED))
+    started = _another_run(other.state.in_([StateType.PENDING.value, StateType.RUNNING.value]))
+    other_due = _another_run(other.state == StateType.SCHEDULED.value,
+                             other.scheduled_time <= cutoff, other.id != flow_runs.c.id)
+    return or_(and_(d.overlap == "buffer_all", claimed),
+               and_(d.overlap == "buffer_one", claimed, not_(other_due)),
+               and_(d.overlap == "cancel_other", claimed, not_(started)))
+
+
+def _another_run(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Another run (`_OTHER`) of the candidate's deployment meets the conditions."""
+    return exists(select(1).where(_OTHER.c.deployment_id == flow_runs.c.deployment_id,
+                                  *conditions))
 
 
 def _apply_catchup(conn: Connection, candidates: list[_Candidate], now: datetime
@@ -228,13 +244,17 @@ def _decide(conn: Connection, candidates: list[_Candidate], queues: list[Queue],
     queue_room = _queue_room(conn, queues)
     tag_room = _tag_room(conn, tag_limits, {tag for c in candidates for tag in c.tags})
     decisions = _Decisions()
+    decided: set[uuid.UUID] = set()  # a run matching several levels is a candidate of each
     for candidate in candidates:
         if decisions.count >= limit:
             break
+        if candidate.id in decided:
+            continue
         queue = _queue_with_room(candidate, queue_room)
         if queue is None or any(tag_room.get(tag, 1) <= 0 for tag in candidate.tags):
             decisions.rejected += 1
             continue
+        decided.add(candidate.id)
         if not overlap.admit(candidate.deployment_id, candidate.id):
             continue
         decisions.taken[queue].append(candidate.id)

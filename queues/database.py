@@ -44,8 +44,10 @@ class Database:
 
     engine: Engine
     _write_lock: threading.Lock | None = field(default=None, repr=False)
-    # Called after a commit that made work available, with when it is due (None: now).
-    work_listeners: list[Callable[[datetime | None], None]] = field(default_factory=list)
+    # Called after each commit that made work available.
+    work_listeners: list[Callable[[WorkNotice], None]] = field(default_factory=list)
+    # Signs this object's NOTIFY payloads: its own notices reached its listeners at commit.
+    notice_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
     def dialect(self) -> str:
@@ -69,13 +71,16 @@ class Database:
         """
         with self._write_lock or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(ostinato_write=True)
-            conn.info.pop(_WORK_DUE_AT, None)
+            conn.info.pop(_NOTICE, None)
             with conn.begin():
                 yield conn
-            due_at = conn.info.pop(_WORK_DUE_AT, None)
-        if due_at is not None:
+                notice: WorkNotice | None = conn.info.pop(_NOTICE, None)
+                if notice and not self.is_sqlite:
+                    conn.execute(select(func.pg_notify(WORK_CHANNEL,
+                                                       notice.payload(self.notice_tag))))
+        if notice:
             for listener in self.work_listeners:
-                listener(None if due_at is _NOW else due_at)
+                listener(notice)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -88,32 +93,45 @@ class Database:
 
 
 WORK_CHANNEL = "ostinato_work"
-_WORK_DUE_AT = "ostinato_work_due_at"
-_NOW = object()
-# Tags this process's NOTIFY payloads: its own notices already woke its polls after the commit.
-_PROCESS_TAG = uuid.uuid4().hex[:12]
+_NOTICE = "ostinato_work_notice"
 
 
-def mark_work_available(conn: Connection, due_at: datetime | None = None) -> None:
-    """Record that this transaction creates claimable work or frees a slot, due at `due_at`
-    (None: now). Long polls waiting in this process wake after the commit; on PostgreSQL a
-    NOTIFY (delivered at commit, dropped on rollback) wakes those of other servers."""
-    previous = conn.info.get(_WORK_DUE_AT)
-    if previous is _NOW or (previous is not None and due_at is not None and previous <= due_at):
-        return
-    conn.info[_WORK_DUE_AT] = _NOW if due_at is None else due_at
-    if conn.dialect.name == "postgresql":
-        payload = f"{_PROCESS_TAG} {'' if due_at is None else due_at.isoformat()}"
-        conn.execute(select(func.pg_notify(WORK_CHANNEL, payload)))
+@dataclass(frozen=True)
+class WorkNotice:
+    """What a transaction made claimable: `count` runs or slots (None: unknown, tell every
+    poll), the earliest of them due at `due_at` (None: now)."""
+
+    due_at: datetime | None = None
+    count: int | None = None
+
+    def merge(self, other: WorkNotice) -> WorkNotice:
+        due_at = (None if self.due_at is None or other.due_at is None
+                  else min(self.due_at, other.due_at))
+        count = None if self.count is None or other.count is None else self.count + other.count
+        return WorkNotice(due_at, count)
+
+    def payload(self, sender: str) -> str:
+        due_at = "" if self.due_at is None else self.due_at.isoformat()
+        return f"{sender} {due_at} {'' if self.count is None else self.count}"
+
+    @classmethod
+    def parse(cls, payload: str) -> tuple[str, WorkNotice]:
+        """The sender's tag and the notice, from a NOTIFY payload (unreadable parts: now, all)."""
+        sender, due_at, count = ([*payload.split(" "), "", ""])[:3]
+        try:
+            return sender, cls(datetime.fromisoformat(due_at) if due_at else None,
+                               int(count) if count else None)
+        except ValueError:
+            return sender, cls()
 
 
-def parse_work_notice(payload: str) -> tuple[bool, datetime | None]:
-    """(whether another process sent it, when its work is due) from a NOTIFY payload."""
-    sender, _, due_at = payload.partition(" ")
-    try:
-        return sender != _PROCESS_TAG, datetime.fromisoformat(due_at) if due_at else None
-    except ValueError:
-        return True, None
+def mark_work_available(conn: Connection, notice: WorkNotice | None = None) -> None:
+    """Record that this transaction creates claimable work or frees slots. After the commit
+    the long polls of this process hear of it; on PostgreSQL a NOTIFY sent with the commit (and
+    dropped on rollback) tells those of other processes."""
+    notice = notice or WorkNotice()
+    previous: WorkNotice | None = conn.info.get(_NOTICE)
+    conn.info[_NOTICE] = previous.merge(notice) if previous else notice
 
 
 def lock_names(conn: Connection, names: Iterable[str]) -> None:

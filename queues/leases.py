@@ -44,8 +44,10 @@ def report_state(conn: Connection, run_id: uuid.UUID, report: StateReport, *, no
     if allowed_from is None:
         raise InvalidInput(f"an agent cannot report {report.state.value}")
     c = flow_runs.c
-    held = conn.execute(select(c.agent_name, c.reason).where(c.id == run_id)).first()
+    held = conn.execute(select(c.agent_name, c.reason, c.state).where(c.id == run_id)
+                        .with_for_update()).first()
     actor = held.agent_name if held else None
+    asked_to_stop = held is not None and held.state == S.CANCELLING  # ends without retry
     where = ((c.id == run_id) & (c.fencing_token == report.fencing_token)
              & c.state.in_([state.value for state in allowed_from]))
     moved = runs.set_states_returning(
@@ -53,7 +55,7 @@ def report_state(conn: Connection, run_id: uuid.UUID, report: StateReport, *, no
         actor=actor, **_columns(report, now))
     if not moved:
         return _refusal_or_current(conn, run_id, report, now)
-    if report.state in (S.FAILED, S.CRASHED):
+    if report.state in (S.FAILED, S.CRASHED) and not asked_to_stop:
         retry(conn, moved, now=now, actor=actor)
     return runs.get_run(conn, run_id)
 
@@ -85,7 +87,8 @@ def _refusal_or_current(conn: Connection, run_id: uuid.UUID, report: StateReport
             f"flow run {run_id}: fencing token {report.fencing_token} is stale (current "
             f"{row.fencing_token}); the run was taken back and claimed again")
     if row.state == S.CANCELLING and report.state is S.RUNNING:  # started, and must stop
-        conn.execute(update(flow_runs).where(flow_runs.c.id == run_id)
+        conn.execute(update(flow_runs)  # a report sent again keeps the first start time
+                     .where(flow_runs.c.id == run_id, flow_runs.c.start_time.is_(None))
                      .values(start_time=now, updated=now))
         return runs.get_run(conn, run_id)
     raise Conflict(f"flow run {run_id} is {row.state}; it cannot become {report.state.value}")

@@ -4,8 +4,14 @@ on the server's event loop, resolved when work may have become available.
 Work becomes available when a transaction creates runs, puts runs back to SCHEDULED or frees a
 slot (`mark_work_available`); after its commit the database calls the listeners of this process.
 On PostgreSQL the same transaction sends a NOTIFY, and `PostgresListener` — one connection per
-server process, not per poll — hears those of other processes. Each notice says when the new work
-is due, so a poll sleeping until an earlier time is not woken by runs created for later.
+server process, not per poll — hears those of other processes.
+
+A notice says how many runs or slots it is about, and when they are due. It wakes that many
+polls — the longest waiting first, and only those that would otherwise sleep past the due time —
+not all of them: with hundreds of agents waiting, one finished run must not make hundreds of
+claims. A woken poll that finds nothing it can take (the work was for other queues), or fills its
+whole batch (there may be more), passes the wake on to the next poll, at most once round all of
+them, so work is never left unclaimed while some poll could take it.
 """
 
 from __future__ import annotations
@@ -18,29 +24,40 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
-
-from ostinato.queues.database import WORK_CHANNEL, parse_work_notice
+from ostinato.queues.database import WORK_CHANNEL, Database, WorkNotice
 
 log = logging.getLogger(__name__)
 FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class Baton:
+    """A wake that may be passed on: when the work is due, and how many more polls may get it."""
+
+    due_at: datetime | None
+    hops: int
+
+
 @dataclass(eq=False)
 class Waiter:
-    """One waiting long poll: woken by work due before it would wake anyway."""
+    """One waiting long poll."""
 
     future: asyncio.Future[None]
     prefetch: timedelta
-    wakes_at: datetime = FOREVER
+    wakes_at: datetime = FOREVER  # when it wakes anyway: its next run falls due or it times out
+    baton: Baton | None = None  # set when a notice woke it
 
     def wants(self, due_at: datetime | None) -> bool:
-        return due_at is None or due_at - self.prefetch < self.wakes_at
+        """Whether work due at `due_at` is worth waking for (it is due before this wakes)."""
+        return not self.future.done() and (
+            due_at is None or due_at - self.prefetch < self.wakes_at)
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep up to `seconds`, or until notified (at once if notified since creation)."""
+    async def sleep(self, seconds: float) -> Baton | None:
+        """Sleep up to `seconds`, or until woken (at once if woken since it was registered);
+        the baton if a notice woke it."""
         self.wakes_at = datetime.now(UTC) + timedelta(seconds=seconds)
         await asyncio.wait([self.future], timeout=seconds)
+        return self.baton
 
 
 @dataclass
@@ -48,33 +65,48 @@ class WorkNotifier:
     """The long polls waiting in this process; `notify` may be called from any thread."""
 
     loop: asyncio.AbstractEventLoop
-    _waiters: set[Waiter] = field(default_factory=set)
+    _waiters: dict[Waiter, None] = field(default_factory=dict)  # oldest first
 
     @contextmanager
     def waiter(self, prefetch: timedelta) -> Iterator[Waiter]:
         """Register before looking for work, so a notice that comes meanwhile is not lost."""
         waiter = Waiter(self.loop.create_future(), prefetch)
-        self._waiters.add(waiter)
+        self._waiters[waiter] = None
         try:
             yield waiter
         finally:
-            self._waiters.discard(waiter)
+            self._waiters.pop(waiter, None)
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def notify(self, due_at: datetime | None = None) -> None:
-        """Work due at `due_at` (None: now) may be available."""
+    def notify(self, notice: WorkNotice | None = None) -> None:
+        """Work may be available (thread-safe)."""
         try:
-            self.loop.call_soon_threadsafe(self._wake, due_at)
+            self.loop.call_soon_threadsafe(self._wake, notice or WorkNotice())
         except RuntimeError:  # the loop has closed: nobody is waiting any more
             pass
 
-    def _wake(self, due_at: datetime | None) -> None:
+    def _wake(self, notice: WorkNotice) -> None:
+        baton = Baton(notice.due_at, hops=len(self._waiters))
+        chosen = [w for w in self._waiters if w.wants(notice.due_at)]
+        for waiter in chosen if notice.count is None else chosen[:notice.count]:
+            self._hand(waiter, baton)
+
+    def pass_on(self, baton: Baton, holder: Waiter) -> None:
+        """The holder of the baton is done with it: wake the next poll that wants it."""
+        if baton.hops <= 0:
+            return
         for waiter in self._waiters:
-            if not waiter.future.done() and waiter.wants(due_at):
-                waiter.future.set_result(None)
+            if waiter is not holder and waiter.wants(baton.due_at):
+                self._hand(waiter, Baton(baton.due_at, baton.hops - 1))
+                return
+
+    @staticmethod
+    def _hand(waiter: Waiter, baton: Baton) -> None:
+        waiter.baton = baton
+        waiter.future.set_result(None)
 
 
 class PostgresListener:
@@ -82,8 +114,10 @@ class PostgresListener:
     connection; reconnects with back-off, and wakes everyone after reconnecting, since notices
     sent meanwhile are lost."""
 
-    def __init__(self, engine: Engine, notifier: WorkNotifier) -> None:
-        self._url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(self, database: Database, notifier: WorkNotifier) -> None:
+        url = database.engine.url.set(drivername="postgresql")
+        self._url = url.render_as_string(hide_password=False)
+        self._own_tag = database.notice_tag
         self._notifier = notifier
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ostinato-listen", daemon=True)
@@ -114,7 +148,7 @@ class PostgresListener:
             conn.execute(f"LISTEN {WORK_CHANNEL}")
             self._notifier.notify()
             while not self._stopping.is_set():
-                for notice in conn.notifies(timeout=1.0):
-                    foreign, due_at = parse_work_notice(notice.payload)
-                    if foreign:
-                        self._notifier.notify(due_at)
+                for message in conn.notifies(timeout=1.0):
+                    sender, notice = WorkNotice.parse(message.payload)
+                    if sender != self._own_tag:
+                        self._notifier.notify(notice)

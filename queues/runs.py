@@ -28,7 +28,7 @@ from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import LATE_NAME, TERMINAL_STATES, StateType
 from ostinato.queues.bulk import insert_runs_ignoring_duplicates
-from ostinato.queues.database import json_array_contains, mark_work_available
+from ostinato.queues.database import WorkNotice, json_array_contains, mark_work_available
 from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
@@ -100,7 +100,8 @@ def insert_runs(conn: Connection, runs: Sequence[dict[str, Any]]) -> int:
         return 0
     inserted = insert_runs_ignoring_duplicates(conn, runs)
     if inserted:
-        mark_work_available(conn, min(run["scheduled_time"] for run in runs))
+        due_at = min(run["scheduled_time"] for run in runs)
+        mark_work_available(conn, WorkNotice(due_at, inserted))
     skipped_at_birth = [run["id"] for run in runs if run["state"] != StateType.SCHEDULED]
     for chunk in _chunks(skipped_at_birth, 5000):
         _record_creation_states(conn, chunk)
@@ -162,7 +163,7 @@ def set_states_returning(
     append_history(conn, ((row.id, row.attempt) for row in moved), state, name=name,
                    reason=reason, message=message, actor=actor)
     if moved and (state is StateType.SCHEDULED or state in _FREEING_SLOTS):
-        mark_work_available(conn)
+        mark_work_available(conn, WorkNotice(count=len(moved)))
     return list(moved)
 
 

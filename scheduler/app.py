@@ -41,7 +41,7 @@ def read_health(database: DatabaseDep) -> Health:
 def _waking_long_polls(app: FastAPI, database: Database) -> Iterator[None]:
     """Long polls of this app wake on its own commits, and on PostgreSQL on other processes'."""
     app.state.notifier = notifier = WorkNotifier(asyncio.get_running_loop())
-    listener = None if database.is_sqlite else PostgresListener(database.engine, notifier)
+    listener = None if database.is_sqlite else PostgresListener(database, notifier)
     database.work_listeners.append(notifier.notify)
     if listener:
         listener.start()

@@ -12,12 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
 from ostinato.deploy.settings import Settings
@@ -86,18 +88,18 @@ class RunningServer:
     url: str  # the API root, e.g. http://127.0.0.1:PORT/api
     database: Database
     settings: Settings
+    app: FastAPI
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10)
 
 
-@pytest.fixture
-def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
-    """The real app served by uvicorn on a free loopback port, in a thread of this process."""
-    port = free_port()
-    settings = Settings(home=tmp_path / "home", port=port, run_scheduler=False)
-    config = uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port,
-                            log_level="warning")
+@contextmanager
+def serving(database: Database, settings: Settings) -> Iterator[RunningServer]:
+    """The real app served by uvicorn on `settings.port` of loopback, in a thread of this
+    process."""
+    app = create_app(settings, database)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -105,6 +107,16 @@ def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
     while not uv.started:
         assert time.monotonic() < deadline, "server did not start within 10 s"
         time.sleep(0.01)
-    yield RunningServer(f"http://127.0.0.1:{port}/api", database, settings)
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{settings.port}/api", database, settings, app)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server without its scheduling loops, so tests decide what exists."""
+    settings = Settings(home=tmp_path / "home", port=free_port(), run_scheduler=False)
+    with serving(database, settings) as running:
+        yield running

@@ -67,14 +67,19 @@ async def claim(body: ClaimRequest, request: Request, database: DatabaseDep,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
     prefetch = timedelta(seconds=body.prefetch_seconds)
+    baton = None
     while True:
         with notifier.waiter(prefetch) as waiter:
             outcome = await run_in_threadpool(_claim_once, database, body, settings)
+            if baton and len(outcome.runs) in (0, body.limit):  # not for us, or more left
+                notifier.pass_on(baton, waiter)
             left = deadline - loop.time()
             if outcome.runs or left <= 0:
                 return outcome.runs
-            await waiter.sleep(min(left, _until_worth_retrying(outcome, prefetch)))
+            baton = await waiter.sleep(min(left, _until_worth_retrying(outcome, prefetch)))
         if await request.is_disconnected():
+            if baton:
+                notifier.pass_on(baton, waiter)
             return []
 
 

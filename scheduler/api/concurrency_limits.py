@@ -24,13 +24,13 @@ def list_all(database: DatabaseDep) -> list[ConcurrencyLimit]:
         return limits.list_limits(conn)
 
 
-@router.get("/{tag}", response_model=ConcurrencyLimit)
+@router.get("/{tag:path}", response_model=ConcurrencyLimit)
 def read(tag: str, database: DatabaseDep) -> ConcurrencyLimit:
     with database.read() as conn:
         return limits.get_limit(conn, tag)
 
 
-@router.delete("/{tag}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{tag:path}", status_code=status.HTTP_204_NO_CONTENT)
 def remove(tag: str, database: DatabaseDep) -> None:
     with database.write() as conn:
         limits.remove_limit(conn, tag)
