@@ -18,25 +18,30 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError
 
+from ostinato.queues.tables import flow_runs
+
 _IDENTITY = "deployment_id, schedule_slug, nominal_time"
 
 
 def insert_runs_ignoring_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     """Insert `rows` (all with the same keys) into flow_runs; returns how many went in."""
+    if conn.dialect.name == "postgresql":
+        return _copy_then_insert(conn, rows)
     columns = list(rows[0])
-    postgres = conn.dialect.name == "postgresql"
-    convert = [(_postgres_converter if postgres else _sqlite_converter)(rows[0][name])
-               for name in columns]
-    values = [tuple(f(row[name]) for f, name in zip(convert, columns, strict=True))
-              for row in rows]
-    if postgres:
-        return _copy_then_insert(conn, columns, values)
+    values = _converted(rows, columns, _sqlite_converter)
     placeholders = ", ".join("?" * len(columns))
     before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
     conn.exec_driver_sql(
         f"INSERT INTO flow_runs ({', '.join(columns)}) VALUES ({placeholders}) "
         f"ON CONFLICT ({_IDENTITY}) DO NOTHING", values)
     return int(conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before)
+
+
+def _converted(rows: Sequence[dict[str, Any]], columns: list[str],
+               converter: Callable[[Any], Callable[[Any], Any]]) -> list[tuple[Any, ...]]:
+    convert = [converter(rows[0][name]) for name in columns]
+    return [tuple(f(row[name]) for f, name in zip(convert, columns, strict=True))
+            for row in rows]
 
 
 def _sqlite_converter(sample: Any) -> Callable[[Any], Any]:
@@ -80,28 +85,37 @@ def _json_once() -> Callable[[Any], str | None]:
     return convert
 
 
-def _copy_then_insert(conn: Connection, columns: list[str], values: list[tuple[Any, ...]]
-                      ) -> int:
+def _copy_then_insert(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     import psycopg
 
     try:
-        return _copy_into(conn, columns, values)
+        return _copy_into(conn, rows)
     except psycopg.DataError as exc:  # what SQLAlchemy would raise, so the API answers 422
         raise DataError("COPY runs_in", None, exc) from exc
 
 
-def _copy_into(conn: Connection, columns: list[str], values: list[tuple[Any, ...]]) -> int:
-    names = ", ".join(columns)
+def _copy_into(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """COPY the columns that vary from row to row; the ones every row shares (state, times of
+    creation, flags — about half of them) go once, as parameters of the INSERT … SELECT."""
+    first = rows[0]
+    shared = [name for name, value in first.items() if name != "id"
+              and all(row[name] == value for row in rows)]
+    copied = [name for name in first if name not in shared]
+    constants = [_postgres_converter(first[name])(first[name]) for name in shared]
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS runs_in "
-                   "(LIKE flow_runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    with cursor.copy(f"COPY runs_in ({names}) FROM STDIN") as copy:
-        for row in values:
+    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS runs_in ON COMMIT DELETE ROWS "
+                   "AS SELECT * FROM flow_runs WITH NO DATA")  # no NOT NULLs: some stay empty
+    with cursor.copy(f"COPY runs_in ({', '.join(copied)}) FROM STDIN") as copy:
+        for row in _converted(rows, copied, _postgres_converter):
             copy.write_row(row)
-    cursor.execute(f"INSERT INTO flow_runs ({names}) SELECT {names} FROM runs_in "
-                   f"ON CONFLICT ({_IDENTITY}) DO NOTHING")
+    typed = [f"CAST(%s AS {_postgres_type(conn, name)})" for name in shared]
+    cursor.execute(f"INSERT INTO flow_runs ({', '.join(copied + shared)}) "
+                   f"SELECT {', '.join(copied + typed)} FROM runs_in "
+                   f"ON CONFLICT ({_IDENTITY}) DO NOTHING", constants)
     inserted = int(cursor.rowcount)
     cursor.execute("TRUNCATE runs_in")
     return inserted
 
 
+def _postgres_type(conn: Connection, column: str) -> str:
+    return str(flow_runs.c[column].type.compile(dialect=conn.dialect))
