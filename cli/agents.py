@@ -23,7 +23,4 @@ def list_agents(as_json: JsonFlag = False) -> None:
     a lease) and how many runs each holds (claimed, running or being cancelled)."""
     with output.client() as api:
         agents = api.get("/agents")
-    if as_json:
-        output.print_json(agents)
-    else:
-        output.print_table(agents, AGENT_COLUMNS, empty="no agents")
+    output.print_listing(agents, AGENT_COLUMNS, as_json=as_json, empty="no agents")

@@ -61,10 +61,7 @@ def list_limits(as_json: JsonFlag = False) -> None:
     """List concurrency limits by tag, with how many runs carrying the tag are active now."""
     with output.client() as api:
         limits = api.get("/concurrency-limits")
-    if as_json:
-        output.print_json(limits)
-    else:
-        output.print_table(limits, LIMIT_COLUMNS, empty="no concurrency limits")
+    output.print_listing(limits, LIMIT_COLUMNS, as_json=as_json, empty="no concurrency limits")
 
 
 @app.command()

@@ -233,10 +233,7 @@ def list_deployments(
     with output.client() as api:
         found = api.get("/deployments", flow=flow, tag=tag, paused=paused, limit=limit,
                         offset=offset)
-    if as_json:
-        output.print_json(found)
-    else:
-        output.print_table(found, DEPLOYMENT_COLUMNS, empty="no deployments")
+    output.print_listing(found, DEPLOYMENT_COLUMNS, as_json=as_json, empty="no deployments")
 
 
 def _fields(d: Row) -> list[tuple[str, str]]:
@@ -364,10 +361,7 @@ def upcoming(
     with output.client() as api:
         found = api.get(api_path(name, "upcoming"), n=count,
                         after=after.isoformat() if after else None)
-    if as_json:
-        output.print_json(found)
-    else:
-        output.print_table(found, INSTANT_COLUMNS, empty="no upcoming instants")
+    output.print_listing(found, INSTANT_COLUMNS, as_json=as_json, empty="no upcoming instants")
 
 
 @app.command()

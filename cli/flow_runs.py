@@ -94,10 +94,7 @@ def list_runs(
                         deployment=deployment, flow=flow, tag=tag,
                         after=_iso(after), before=_iso(before),
                         limit=limit, offset=offset)
-    if as_json:
-        output.print_json(found)
-    else:
-        output.print_table(found, RUN_COLUMNS, empty="no flow runs")
+    output.print_listing(found, RUN_COLUMNS, as_json=as_json, empty="no flow runs")
 
 
 def _fields(run: Row) -> list[tuple[str, str]]:

@@ -164,6 +164,15 @@ def note(message: str) -> None:
         console.print(message, style="dim", markup=False, highlight=False)
 
 
+def print_listing(rows: Sequence[Row], columns: Sequence[Column], *, as_json: bool, empty: str
+                  ) -> None:
+    """A listing command's output: the API's JSON for scripts, else a table."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns, empty=empty)
+
+
 def print_table(rows: Sequence[Row], columns: Sequence[Column], *, empty: str) -> None:
     """One row per API object; `empty` is printed instead of a table with no rows."""
     if not rows:

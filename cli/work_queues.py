@@ -122,10 +122,7 @@ def list_queues(as_json: JsonFlag = False) -> None:
     """List work queues, highest priority (lowest number) first."""
     with output.client() as api:
         queues = api.get("/work-queues")
-    if as_json:
-        output.print_json(queues)
-    else:
-        output.print_table(queues, QUEUE_COLUMNS, empty="no work queues")
+    output.print_listing(queues, QUEUE_COLUMNS, as_json=as_json, empty="no work queues")
 
 
 @app.command()
@@ -141,10 +138,8 @@ def preview(
 
     with output.client() as api:
         found = api.get(api_path(name, "preview"), hours=hours, limit=limit)
-    if as_json:
-        output.print_json(found)
-    else:
-        output.print_table(found, RUN_COLUMNS, empty=f"no runs for {name} in the next {hours} h")
+    output.print_listing(found, RUN_COLUMNS, as_json=as_json,
+                         empty=f"no runs for {name} in the next {hours} h")
 
 
 @app.command()
