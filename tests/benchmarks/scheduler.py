@@ -31,29 +31,32 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-from harness import free_port, percentile, start_server, stop, wait_healthy
-from sqlalchemy import create_engine, text
+from harness import (
+    DOCS,
+    backend_urls,
+    machine,
+    on_database,
+    percentile,
+    rss_mb,
+    server,
+    table,
+    write_section,
+)
 
 from ostinato.deploy.schedules import Cron
 from ostinato.deploy.schemas import DeploymentSpec
 from ostinato.queues import deployments
-from ostinato.queues.database import Database, connect
-from ostinato.queues.migrate import upgrade
+from ostinato.queues.database import Database
 from ostinato.scheduler.materialize import tick
 
 BATCH = 1000
@@ -62,31 +65,8 @@ IDLE_SECONDS = 10.0
 API_CLIENTS = 4
 TARGETS = {"first_materialisation_s": 60.0, "idle_tick_ms": 50.0, "server_rss_mb": 300.0}
 EDITABLE = Path(deployments.__file__ or ".").parents[2]  # holds ostinato/
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
-# --- databases -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def sqlite_url() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as folder:
-        yield f"sqlite:///{Path(folder) / 'ostinato.db'}"
-
-
-@contextmanager
-def postgres_url(base: str) -> Iterator[str]:
-    """A fresh schema of `base`, dropped afterwards (as tests/conftest.py does)."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+# --- deployments ---------------------------------------------------------------------------------
 
 
 def spec(name: str) -> DeploymentSpec:
@@ -157,33 +137,6 @@ def short_paths(line: str) -> str:
 # --- the server ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def server(url: str, home: Path, loops: bool = True
-           ) -> Iterator[tuple[str, psutil.Process, dict[str, Any]]]:
-    """`ostinato server start` on `url`, with or without its loops; yields its API URL and
-    process, and fills the dict with its exit status and its log's tracebacks once stopped."""
-    port = free_port()
-    env = {**os.environ, "OSTINATO_DATABASE_URL": url, "OSTINATO_HOME": str(home),
-           "OSTINATO_PORT": str(port), "OSTINATO_RUN_SCHEDULER": str(loops).lower(),
-           "OSTINATO_LOG_LEVEL": "warning"}
-    log = home / "server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        process = start_server(port, env, out=out)
-    outcome: dict[str, Any] = {}
-    try:
-        api = f"http://127.0.0.1:{port}/api"
-        wait_healthy(api, process)
-        yield api, psutil.Process(process.pid), outcome
-    finally:
-        outcome["exit_code"] = stop(process)
-        outcome["log_tracebacks"] = log.read_text(errors="replace").count("Traceback")
-
-
-def rss_mb(process: psutil.Process) -> float:
-    return round(process.memory_info().rss / 2**20, 1)
-
-
 def client_loop(api: str, number: int, deadline: float, latencies: list[float],
                 errors: Counter[str]) -> None:
     with httpx.Client(base_url=api, timeout=60) as client:
@@ -244,15 +197,6 @@ def run_count(database: Database) -> int:
 # --- one backend, the whole run ------------------------------------------------------------------
 
 
-def on_database(url: str, action: Callable[[Database], dict[str, Any]]) -> dict[str, Any]:
-    database = connect(url)
-    try:
-        upgrade(database)
-        return action(database)
-    finally:
-        database.dispose()
-
-
 def measure(database: Database, url: str, args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"create": create(database, args.deployments)}
     figures["first_materialisation"] = first_materialisation(database)
@@ -267,39 +211,10 @@ def measure(database: Database, url: str, args: argparse.Namespace) -> dict[str,
     return figures
 
 
-def backend_urls(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
-    chosen = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    if "postgresql" in chosen and not args.postgres_url:
-        raise SystemExit("PostgreSQL needs --postgres-url or OSTINATO_TEST_POSTGRES_URL")
-    makers: dict[str, Callable[[], Any]] = {
-        "sqlite": sqlite_url, "postgresql": lambda: postgres_url(args.postgres_url)}
-    return {name: makers[name] for name in chosen}
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")), "unknown")
-    meminfo = Path("/proc/meminfo").read_text().split()
-    memory_gb = int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return {"nproc": int(nproc), "cpu": model, "memory_gb": round(memory_gb, 1),
-            "python": sys.version.split()[0], "commit": revision()}
-
-
-def revision() -> str:
-    """The checked-out commit, marked `+changes` when tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=DOCS.parent).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "deployments": args.deployments,
                               "targets": TARGETS, "results": {}}
-    for name, make_url in backend_urls(args).items():
+    for name, make_url in backend_urls(args.backend, args.postgres_url).items():
         with make_url() as url:
             report["results"][name] = on_database(url, lambda db: measure(db, url, args))
         if args.profile:
@@ -310,29 +225,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- docs/benchmarks.md --------------------------------------------------------------------------
-
-
-def table(report: dict[str, Any], command: str) -> str:
-    m = report["machine"]
-    lines = [f"Command: `{command}`  ", f"Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']}, "
-             f"{m['memory_gb']} GB memory, Python {m['python']}; code at {m['commit']}.", "",
-             "| measure | target | " + " | ".join(report["results"]) + " |",
-             "|---|---|" + "---|" * len(report["results"])]
-    for label, target, paths in ROWS:
-        cells = ["; ".join(_cell(figures, path) for path in paths)
-                 for figures in report["results"].values()]
-        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(figures: Any, path: str) -> str:
-    for key in path.split("."):
-        if not isinstance(figures, dict) or key not in figures:
-            return "—"
-        figures = figures[key]
-    if isinstance(figures, dict):  # errors by kind
-        return ", ".join(f"{kind}: {count}" for kind, count in figures.items()) or "none"
-    return str(figures)
 
 
 API, QUIET = "server.api_creation", "server.api_creation_with_loops_off"
@@ -371,23 +263,8 @@ def profiles(report: dict[str, Any]) -> str:
 
 def write_docs(report: dict[str, Any], command: str, path: Path = DOCS) -> None:
     """Replace the "## Scheduler" section of `path`, keeping every other section."""
-    parts = [f"## Scheduler\n\n{SECTION_INTRO}", table(report, command), profiles(report)]
-    section = "\n\n".join(part.rstrip("\n") for part in parts if part)
-    content = path.read_text() if path.exists() else DOCS_INTRO
-    head, found, rest = content.partition("## Scheduler\n")
-    following = rest.find("\n## ") if found else -1
-    tail = rest[following + 1:] if following >= 0 else ""
-    parts = [head.rstrip("\n"), section.rstrip("\n"), tail.rstrip("\n")]
-    path.write_text("\n\n".join(part for part in parts if part) + "\n")
-
-
-DOCS_INTRO = """\
-# Benchmarks
-
-Figures measured by the scripts in `tests/benchmarks/`, each section with the command that
-produced it and the machine it ran on. They are snapshots, not guarantees: rerun the command to
-compare a change.
-"""
+    parts = [f"## Scheduler\n\n{SECTION_INTRO}", table(report, command, ROWS), profiles(report)]
+    write_section("Scheduler", "\n\n".join(part.rstrip("\n") for part in parts if part), path)
 
 
 def main() -> None:
