@@ -293,12 +293,16 @@ def _queue_with_room(candidate: _Candidate, queue_room: dict[str, int]) -> str |
 
 def _take(conn: Connection, taken: dict[str, list[uuid.UUID]], agent: Any,
           lease_expires: datetime) -> list[ClaimedRun]:
-    """Move the chosen runs to PENDING: a lease, the next fencing token, the queue and agent."""
+    """Move the chosen runs to PENDING: a lease, the next fencing token, the queue and agent.
+
+    They are still SCHEDULED: locked since they were picked (PostgreSQL), or the only writer
+    (SQLite). Matching on ids alone keeps the plan on the primary key whatever the statistics.
+    """
     c = flow_runs.c
     rows: list[Any] = []
     for queue, ids in taken.items():
         rows += runs.set_states_returning(
-            conn, c.id.in_(ids) & (c.state == StateType.SCHEDULED.value), StateType.PENDING,
+            conn, c.id.in_(ids), StateType.PENDING,
             actor=agent.name, work_queue=queue, agent_id=agent.id, agent_name=agent.name,
             lease_expires=lease_expires, fencing_token=c.fencing_token + 1)
     return _with_launch_details(conn, rows)

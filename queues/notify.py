@@ -9,9 +9,10 @@ server process, not per poll — hears those of other processes.
 A notice says how many runs or slots it is about, and when they are due. It wakes that many
 polls — the longest waiting first, and only those that would otherwise sleep past the due time —
 not all of them: with hundreds of agents waiting, one finished run must not make hundreds of
-claims. A woken poll that finds nothing it can take (the work was for other queues), or fills its
-whole batch (there may be more), passes the wake on to the next poll, at most once round all of
-them, so work is never left unclaimed while some poll could take it.
+claims. A woken poll that fills its whole batch (there may be more) passes the wake on to the next
+poll; one that finds nothing it can take passes it on to the next poll of *other* queues — polls of
+the same queues would find nothing either — so a wake visits each set of queues at most once, and
+work is never left unclaimed while some poll could take it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ FOREVER = datetime.max.replace(tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Baton:
-    """A wake that may be passed on: when the work is due, and how many more polls may get it."""
+    """A wake that may be passed on: when the work is due, and the sets of queues already found
+    to have nothing for it."""
 
     due_at: datetime | None
-    hops: int
+    tried: frozenset[frozenset[str]] = frozenset()
 
 
 @dataclass(eq=False)
@@ -43,6 +45,7 @@ class Waiter:
     """One waiting long poll."""
 
     future: asyncio.Future[None]
+    queues: frozenset[str]
     prefetch: timedelta
     wakes_at: datetime = FOREVER  # when it wakes anyway: its next run falls due or it times out
     baton: Baton | None = None  # set when a notice woke it
@@ -68,9 +71,9 @@ class WorkNotifier:
     _waiters: dict[Waiter, None] = field(default_factory=dict)  # oldest first
 
     @contextmanager
-    def waiter(self, prefetch: timedelta) -> Iterator[Waiter]:
+    def waiter(self, queues: frozenset[str], prefetch: timedelta) -> Iterator[Waiter]:
         """Register before looking for work, so a notice that comes meanwhile is not lost."""
-        waiter = Waiter(self.loop.create_future(), prefetch)
+        waiter = Waiter(self.loop.create_future(), queues, prefetch)
         self._waiters[waiter] = None
         try:
             yield waiter
@@ -89,18 +92,18 @@ class WorkNotifier:
             pass
 
     def _wake(self, notice: WorkNotice) -> None:
-        baton = Baton(notice.due_at, hops=len(self._waiters))
+        baton = Baton(notice.due_at)
         chosen = [w for w in self._waiters if w.wants(notice.due_at)]
         for waiter in chosen if notice.count is None else chosen[:notice.count]:
             self._hand(waiter, baton)
 
-    def pass_on(self, baton: Baton, holder: Waiter) -> None:
-        """The holder of the baton is done with it: wake the next poll that wants it."""
-        if baton.hops <= 0:
-            return
+    def pass_on(self, baton: Baton, holder: Waiter, *, found_nothing: bool) -> None:
+        """The holder of the baton is done with it: wake the next poll that may find work."""
+        tried = baton.tried | {holder.queues} if found_nothing else baton.tried
         for waiter in self._waiters:
-            if waiter is not holder and waiter.wants(baton.due_at):
-                self._hand(waiter, Baton(baton.due_at, baton.hops - 1))
+            if (waiter is not holder and waiter.queues not in tried
+                    and waiter.wants(baton.due_at)):
+                self._hand(waiter, Baton(baton.due_at, tried))
                 return
 
     @staticmethod

@@ -19,10 +19,11 @@ from ostinato.deploy.schemas import DeploymentSpec, ManualRunRequest
 from ostinato.deploy.settings import Settings
 from ostinato.queues import deployments
 from ostinato.queues.database import Database, WorkNotice, connect
-from ostinato.queues.notify import Baton, WorkNotifier
+from ostinato.queues.notify import WorkNotifier
 from tests.conftest import RunningServer, free_port, serving
 
 DEPLOYMENT = "etl/nightly"
+DEFAULT = frozenset({"default"})
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_a_notice_wakes_as_many_polls_as_it_has_work_for() -> None:
         notifier = WorkNotifier(asyncio.get_running_loop())
         now = datetime.now(UTC)
         with ExitStack() as stack:
-            waiters = [stack.enter_context(notifier.waiter(timedelta(seconds=10)))
+            waiters = [stack.enter_context(notifier.waiter(DEFAULT, timedelta(seconds=10)))
                        for _ in range(4)]
             for waiter in waiters:
                 waiter.wakes_at = now + timedelta(seconds=30)
@@ -167,7 +168,7 @@ def test_a_notice_wakes_as_many_polls_as_it_has_work_for() -> None:
             woken.append([w.future.done() for w in waiters])
             notifier._wake(WorkNotice(now + timedelta(seconds=35), count=2))  # within prefetch
             woken.append([w.future.done() for w in waiters])
-            notifier.pass_on(waiters[1].baton, waiters[1])  # type: ignore[arg-type]
+            notifier.pass_on(waiters[1].baton, waiters[1], found_nothing=False)  # type: ignore
             woken.append([w.future.done() for w in waiters])
             notifier._wake(WorkNotice())  # unknown count: every poll still asleep
             woken.append([w.future.done() for w in waiters])
@@ -176,24 +177,29 @@ def test_a_notice_wakes_as_many_polls_as_it_has_work_for() -> None:
     assert asyncio.run(scenario()) == [
         [False, False, False, False],
         [True, True, False, False],  # the two longest waiting
-        [True, True, True, False],  # passed on to the next
+        [True, True, True, False],  # a full batch: passed on to the next
         [True, True, True, True],
     ]
 
 
-def test_a_passed_on_wake_goes_round_the_polls_at_most_once() -> None:
-    async def scenario() -> int:
+def test_a_wake_found_useless_skips_polls_of_the_same_queues() -> None:
+    async def scenario() -> list[str]:
         notifier = WorkNotifier(asyncio.get_running_loop())
-        with notifier.waiter(timedelta()) as first, notifier.waiter(timedelta()) as second:
+        other = frozenset({"other"})
+        with ExitStack() as stack:
+            polls = {name: stack.enter_context(notifier.waiter(queues, timedelta()))
+                     for name, queues in [("a1", DEFAULT), ("a2", DEFAULT), ("b1", other),
+                                          ("b2", other)]}
             notifier._wake(WorkNotice(count=1))
-            assert first.baton and first.baton.hops == 2
-            notifier.pass_on(first.baton, first)
-            assert second.baton and second.baton.hops == 1
-            with notifier.waiter(timedelta()) as third:
-                notifier.pass_on(Baton(None, hops=0), second)
-                return sum(w.future.done() for w in (first, second, third))
+            baton = polls["a1"].baton
+            assert baton is not None
+            notifier.pass_on(baton, polls["a1"], found_nothing=True)  # to b1, not a2
+            baton = polls["b1"].baton
+            assert baton is not None and baton.tried == {DEFAULT}
+            notifier.pass_on(baton, polls["b1"], found_nothing=True)  # every set tried: stop
+            return [name for name, poll in polls.items() if poll.future.done()]
 
-    assert asyncio.run(scenario()) == 2
+    assert asyncio.run(scenario()) == ["a1", "b1"]
 
 
 def test_holder_reports_are_fenced(server: RunningServer, agent: str) -> None:

@@ -67,19 +67,20 @@ async def claim(body: ClaimRequest, request: Request, database: DatabaseDep,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
     prefetch = timedelta(seconds=body.prefetch_seconds)
+    queues = frozenset(body.queues)
     baton = None
     while True:
-        with notifier.waiter(prefetch) as waiter:
+        with notifier.waiter(queues, prefetch) as waiter:
             outcome = await run_in_threadpool(_claim_once, database, body, settings)
             if baton and len(outcome.runs) in (0, body.limit):  # not for us, or more left
-                notifier.pass_on(baton, waiter)
+                notifier.pass_on(baton, waiter, found_nothing=not outcome.runs)
             left = deadline - loop.time()
             if outcome.runs or left <= 0:
                 return outcome.runs
             baton = await waiter.sleep(min(left, _until_worth_retrying(outcome, prefetch)))
         if await request.is_disconnected():
             if baton:
-                notifier.pass_on(baton, waiter)
+                notifier.pass_on(baton, waiter, found_nothing=False)
             return []
 
 
