@@ -95,8 +95,10 @@ def acquire_runs(conn: Connection, request: ClaimRequest, *, lease: timedelta, n
                  ) -> ClaimOutcome:
     """Claim up to `request.limit` due runs for the agent; see the module docstring."""
     agent = _agent(conn, request.agent_id)
-    queues = _open_queues(conn, request.queues)
-    _mark_polled(conn, request.queues, now)
+    named = _named_queues(conn, request.queues)
+    _mark_polled(conn, named, now)
+    queues = [Queue(row.name, WorkQueueFilter.model_validate(row.filter), row.priority,
+                    row.concurrency_limit) for row in named if not row.paused]
     cutoff = now + timedelta(seconds=request.prefetch_seconds)
     tag_limits = limits.tag_limits(conn)
     candidates = _candidates(conn, queues, tag_limits, cutoff, request.limit + EXTRA_CANDIDATES)
@@ -121,26 +123,28 @@ def _agent(conn: Connection, agent_id: uuid.UUID) -> Any:
     return row
 
 
-def _open_queues(conn: Connection, names: list[str]) -> list[Queue]:
-    """The named queues that are not paused, in hand-out order; an unknown name is an error."""
+def _named_queues(conn: Connection, names: list[str]) -> list[Any]:
+    """The named queues in hand-out order (priority, then name); an unknown name is an error."""
     c = work_queues.c
-    rows = conn.execute(select(c.name, c.filter, c.priority, c.concurrency_limit, c.paused)
+    rows = conn.execute(select(c.id, c.name, c.filter, c.priority, c.concurrency_limit,
+                               c.paused, c.last_polled)
                         .where(c.name.in_(names)).order_by(c.priority, c.name)).all()
     missing = set(names) - {row.name for row in rows}
     if missing:
         raise NotFound(f"work queue {sorted(missing)[0]!r} not found")
-    return [Queue(row.name, WorkQueueFilter.model_validate(row.filter), row.priority,
-                  row.concurrency_limit) for row in rows if not row.paused]
+    return list(rows)
 
 
-def _mark_polled(conn: Connection, names: list[str], now: datetime) -> None:
+def _mark_polled(conn: Connection, queues: list[Any], now: datetime) -> None:
     """Record that the queues are being polled (for `flow-run explain`), at most every few
     seconds per queue; on PostgreSQL a queue row another claim is marking is skipped rather
     than waited for."""
+    stale = [row.id for row in queues
+             if row.last_polled is None or row.last_polled < now - POLL_MARK_EVERY]
+    if not stale:
+        return
     c = work_queues.c
-    stale = and_(c.name.in_(names), or_(c.last_polled.is_(None),
-                                        c.last_polled < now - POLL_MARK_EVERY))
-    rows = select(c.id).where(stale)
+    rows = select(c.id).where(c.id.in_(stale))
     if conn.dialect.name == "postgresql":
         rows = rows.with_for_update(skip_locked=True)
     conn.execute(update(work_queues).where(c.id.in_(rows.scalar_subquery()))
@@ -315,10 +319,10 @@ def _with_launch_details(conn: Connection, rows: list[Any]) -> list[ClaimedRun]:
         select(d.id, d.entrypoint, d.bundle, d.path, d.env, d.timeout).where(d.id.in_(ids)))}
     claimed = []
     for row in sorted(rows, key=lambda row: row.scheduled_time):
-        run = runs.to_schema(row._mapping, row.scheduled_time)  # a claimed run is never Late
         launch = found[row.deployment_id]
         claimed.append(ClaimedRun(
-            **run.model_dump(), fencing_token=row.fencing_token,
+            **runs.run_fields(row._mapping, row.scheduled_time),  # a claimed run is never Late
+            fencing_token=row.fencing_token,
             lease_expires=row.lease_expires, entrypoint=launch.entrypoint, bundle=launch.bundle,
             path=launch.path, env=launch.env, timeout=launch.timeout))
     return claimed

@@ -244,15 +244,20 @@ def state_history(conn: Connection, run_id: uuid.UUID) -> list[StateRecord]:
 
 def to_schema(row: Any, late_before: datetime) -> FlowRun:
     """A run row as the API shows it; a SCHEDULED run past the late threshold is named Late."""
+    return FlowRun(**run_fields(row, late_before))
+
+
+def run_fields(row: Any, late_before: datetime) -> dict[str, Any]:
+    """The fields of `FlowRun` from a run row (for schemas that extend it)."""
     state = StateType(row["state"])
     late = state is StateType.SCHEDULED and row["scheduled_time"] < late_before
-    return FlowRun(
-        id=row["id"], name=row["name"], flow=row["flow_name"], deployment=row["deployment_name"],
-        deployment_id=row["deployment_id"], state=state,
-        state_name=LATE_NAME if late else row["state_name"], reason=row["reason"],
-        attempt=row["attempt"], schedule=row["schedule_slug"],
-        scheduled_time=row["scheduled_time"], start_time=row["start_time"],
-        end_time=row["end_time"], parameters=row["parameters"], tags=row["tags"],
-        work_queue=row["work_queue"], agent=row["agent_name"],
-        auto_scheduled=row["auto_scheduled"], created=row["created"],
-    )
+    return {
+        "id": row["id"], "name": row["name"], "flow": row["flow_name"],
+        "deployment": row["deployment_name"], "deployment_id": row["deployment_id"],
+        "state": state, "state_name": LATE_NAME if late else row["state_name"],
+        "reason": row["reason"], "attempt": row["attempt"], "schedule": row["schedule_slug"],
+        "scheduled_time": row["scheduled_time"], "start_time": row["start_time"],
+        "end_time": row["end_time"], "parameters": row["parameters"], "tags": row["tags"],
+        "work_queue": row["work_queue"], "agent": row["agent_name"],
+        "auto_scheduled": row["auto_scheduled"], "created": row["created"],
+    }
