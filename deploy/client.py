@@ -79,6 +79,10 @@ class Client:
         self.request("PUT", f"/bundles/{sha256}", content=data,
                      headers={"Content-Type": "application/octet-stream"})
 
+    def download_bundle(self, sha256: str) -> bytes:
+        """The stored bytes of a bundle, unverified: the caller checks them against `sha256`."""
+        return self.request("GET", f"/bundles/{sha256}").content
+
 
 def _json(response: httpx.Response) -> Any:
     return response.json() if response.content else None
