@@ -25,7 +25,8 @@ from typing import IO, Any
 
 import psutil
 
-RUNNER = (sys.executable, "-m", "ostinato.agent.runner")
+# -P: the bundle (the working directory) never shadows a module the runner imports.
+RUNNER = (sys.executable, "-P", "-m", "ostinato.agent.runner")
 SAMPLE_SECONDS = 0.5
 
 EventHandler = Callable[[dict[str, Any]], None]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from ostinato.cli import output
 from ostinato.cli.output import JsonFlag
 
@@ -24,3 +28,44 @@ def list_agents(as_json: JsonFlag = False) -> None:
     with output.client() as api:
         agents = api.get("/agents")
     output.print_listing(agents, AGENT_COLUMNS, as_json=as_json, empty="no agents")
+
+
+@app.command()
+def start(
+    queue: Annotated[list[str], typer.Option(
+        "-q", "--queue", metavar="QUEUE", help="A work queue to claim from (repeatable).",
+        show_default=False)],
+    api: Annotated[str | None, typer.Option(
+        metavar="URL", help="The server's API (default: OSTINATO_API_URL).",
+        show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The agent's name (default: HOST-PID).", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, metavar="N",
+                                       help="At most this many runs at once.")] = 4,
+    prefetch: Annotated[float, typer.Option(
+        min=0, max=300, metavar="SECONDS",
+        help="Claim runs this early; each still starts at its scheduled time.")] = 0.0,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Claim what is due now, run it to the end, and exit.")] = False,
+) -> None:
+    """Claim runs from the work queues and run them, until Ctrl-C or SIGTERM.
+
+    Each run executes in its own process group, from its deployment's bundle (fetched by
+    sha256 into OSTINATO_HOME/bundles) or from the path the deployment names on this host.
+    """
+    import signal
+
+    from ostinato.agent.cache import BundleCache
+    from ostinato.agent.loop import Agent, AgentOptions, default_name
+    from ostinato.deploy.client import Client
+
+    settings = output.load_settings(**({"api_url": api} if api else {}))
+    client = Client(settings.api_url, settings.api_key or "")
+    options = AgentOptions(queues=queue, name=name or default_name(), limit=limit,
+                           prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds)
+    agent = Agent(client, options, BundleCache(settings.home / "bundles", client))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: agent.stop())
+    output.note(f"agent {options.name} claiming from {', '.join(queue)}; Ctrl-C to stop")
+    with client:
+        agent.run(once=once)
