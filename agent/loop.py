@@ -40,6 +40,7 @@ class AgentOptions:
     cancel_grace: float = 30.0  # SIGTERM to SIGKILL when a run is cancelled or times out
     heartbeat_seconds: float = 10.0
     claim_wait: float = 30.0  # how long a claim long-polls; also how long stopping may wait
+    drain_timeout: float = 60.0  # after stop(), running runs may finish this long, then stop
 
 
 @dataclass
@@ -90,9 +91,22 @@ class Agent:
         self._stopping.set()
 
     def stop(self) -> None:
+        """Stop claiming; hand back claimed runs that have not started; let running ones finish
+        within the drain timeout, then stop them (idempotent)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         with self._slot_freed:
             self._slot_freed.notify_all()
+        drain = threading.Timer(self.options.drain_timeout, self._stop_all, args=("drained",))
+        drain.daemon = True
+        drain.start()
+
+    def _stop_all(self, reason: str) -> None:
+        with self._lock:
+            running = list(self._held)
+        for run_id in running:
+            self._stop_run(run_id, reason, self.options.cancel_grace)
 
     def _wait_for_a_slot(self) -> int:
         with self._slot_freed:
@@ -150,6 +164,9 @@ class Agent:
         held = self._held[run_id]
         try:
             self._until(datetime.fromisoformat(held.run["scheduled_time"]))
+            if self._stopping.is_set():
+                self._give_back(held.run)
+                return
             outcome = self._execute(held)
             if held.stop_reason != "lost":
                 self._report(held, *_final_state(held, outcome))
@@ -218,6 +235,8 @@ def _final_state(held: _Held, outcome: Outcome) -> tuple[str, str | None, str | 
         return "FAILED", "timeout", "exceeded the deployment's timeout"
     if held.stop_reason == "cancelled":
         return "CANCELLED", None, "stopped on request"
+    if held.stop_reason == "drained":
+        return "CANCELLED", "agent_stopping", "the agent stopped before the run finished"
     last = next((e for e in reversed(held.events) if e.get("event") in ("completed", "failed")),
                 None)
     if last and last["event"] == "completed" and outcome.exit_code == 0:

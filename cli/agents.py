@@ -45,6 +45,9 @@ def start(
     prefetch: Annotated[float, typer.Option(
         min=0, max=300, metavar="SECONDS",
         help="Claim runs this early; each still starts at its scheduled time.")] = 0.0,
+    drain_timeout: Annotated[float, typer.Option(
+        min=0, metavar="SECONDS",
+        help="On Ctrl-C or SIGTERM, let running runs finish this long, then cancel them.")] = 60.0,
     once: Annotated[bool, typer.Option(
         "--once", help="Claim what is due now, run it to the end, and exit.")] = False,
 ) -> None:
@@ -62,7 +65,8 @@ def start(
     settings = output.load_settings(**({"api_url": api} if api else {}))
     client = Client(settings.api_url, settings.api_key or "")
     options = AgentOptions(queues=queue, name=name or default_name(), limit=limit,
-                           prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds)
+                           prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds,
+                           drain_timeout=drain_timeout)
     agent = Agent(client, options, BundleCache(settings.home / "bundles", client))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +57,34 @@ def project(tmp_path: Path, server: RunningServer) -> Path:
     return folder
 
 
-@pytest.fixture
-def agent(server: RunningServer, project: Path, tmp_path: Path) -> Iterator[Agent]:
-    options = AgentOptions(queues=["default"], name="a1", limit=2, cancel_grace=1,
-                           heartbeat_seconds=0.2, claim_wait=1)
+@contextmanager
+def serving_agent(server: RunningServer, folder: Path, **options: Any) -> Iterator[Agent]:
+    """An agent on the `default` queue in a thread; stopped, and checked to have exited, after."""
+    settings = {"name": "a1", "limit": 2, "cancel_grace": 1, "heartbeat_seconds": 0.2,
+                "claim_wait": 1, **options}
     with Client(server.url) as client:
-        running = Agent(client, options, BundleCache(tmp_path / "bundles", client))
+        running = Agent(client, AgentOptions(queues=["default"], **settings),
+                        BundleCache(folder / "bundles", client))
         thread = threading.Thread(target=running.run, daemon=True)
         thread.start()
-        yield running
-        running.stop()
-        thread.join(timeout=30)
+        try:
+            yield running
+        finally:
+            running.stop()
+            thread.join(timeout=30)
         assert not thread.is_alive(), "the agent did not stop"
 
 
-def _run(server: RunningServer, deployment: str, **parameters: Any) -> str:
+@pytest.fixture
+def agent(server: RunningServer, project: Path, tmp_path: Path) -> Iterator[Agent]:
+    with serving_agent(server, tmp_path) as running:
+        yield running
+
+
+def _run(server: RunningServer, deployment: str, start_in: float = 0, **parameters: Any) -> str:
     with server.client() as client:
-        response = client.post(f"/deployments/{deployment}/runs", json={"parameters": parameters})
+        response = client.post(f"/deployments/{deployment}/runs",
+                               json={"parameters": parameters, "start_in": start_in})
     response.raise_for_status()
     run_id: str = response.json()["id"]
     return run_id
@@ -111,13 +123,20 @@ def test_a_run_over_its_timeout_is_stopped_and_failed(server: RunningServer,
     assert time.monotonic() - started < 15
 
 
+def _until_state(server: RunningServer, run_id: str, state: str, timeout: float = 20) -> float:
+    """Wait for the run to be in `state`; when it was seen there (monotonic)."""
+    deadline = time.monotonic() + timeout
+    with server.client() as client:
+        while client.get(f"/flow-runs/{run_id}").json()["state"] != state:
+            assert time.monotonic() < deadline, f"run {run_id} never {state}"
+            time.sleep(0.02)
+    return time.monotonic()
+
+
 def test_a_cancelled_run_is_stopped_and_cancelled(server: RunningServer, agent: Agent) -> None:
     run_id = _run(server, "slow/long")
+    _until_state(server, run_id, "RUNNING")
     with server.client() as client:
-        deadline = time.monotonic() + 20
-        while client.get(f"/flow-runs/{run_id}").json()["state"] != "RUNNING":
-            assert time.monotonic() < deadline, "never started"
-            time.sleep(0.05)
         client.post(f"/flow-runs/{run_id}/cancel").raise_for_status()
     run = _ended(server, run_id, timeout=15)
     assert (run["state"], run["reason"]) == ("CANCELLED", "cancelled_by_user")
@@ -134,3 +153,20 @@ def test_agent_start_once_runs_what_is_due_and_exits(server: RunningServer, proj
     assert done.returncode == 0, done.stderr
     run = _ended(server, run_id, timeout=1)
     assert (run["state"], run["agent"]) == ("COMPLETED", "cli-agent")
+
+
+def test_stopping_hands_back_waiting_runs_and_drains_running_ones(
+        server: RunningServer, project: Path, tmp_path: Path) -> None:
+    running_id = _run(server, "slow/long")
+    waiting_id = _run(server, "add/d", start_in=30, a=1)  # claimed early, waits for its time
+    with serving_agent(server, tmp_path, prefetch=60, drain_timeout=1) as agent:
+        _until_state(server, running_id, "RUNNING")
+        _until_state(server, waiting_id, "PENDING")
+        stopped = time.monotonic()
+        agent.stop()
+        handed_back = _until_state(server, waiting_id, "SCHEDULED", timeout=5) - stopped
+        run = _ended(server, running_id, timeout=10)
+        drained = time.monotonic() - stopped
+    assert handed_back < 1
+    assert (run["state"], run["reason"]) == ("CANCELLED", "agent_stopping")
+    assert drained < 1 + 1 + 2  # drain timeout, then the cancel grace, then the report
