@@ -17,8 +17,10 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import threading
+import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,7 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "attempt": (int,), "parameters": (dict,), "entrypoint": (str,), "agent": (str, type(None)),
     "events_fd": (int,),
 }
+PARENT_CHECK_SECONDS = 0.5
 MAX_PARTIAL_LINE = 64 * 1024  # output without a newline is sent once it grows this long
 
 
@@ -306,7 +309,18 @@ def main(argv: list[str]) -> NoReturn:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"ostinato runner: bad run spec {argv[0]}: {exc}\n")
         sys.exit(events.EXIT_CANNOT_START)
+    threading.Thread(target=die_with_agent, args=(os.getppid(),), daemon=True).start()
     exit_now(run(spec, pipe))
+
+
+def die_with_agent(agent_pid: int) -> None:
+    """If the agent dies (kill -9, a crash), end the run's whole process group: nobody would
+    supervise or report it, and the reaper has already given it up when its lease expires."""
+    while os.getppid() == agent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    if os.getpgid(0) == os.getpid():  # the leader of the run's own group, as agents start it
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from ostinato.agent.cache import BundleCache
 from ostinato.agent.loop import Agent, AgentOptions
 from ostinato.deploy.client import Client
-from tests.conftest import RunningServer
+from ostinato.deploy.settings import Settings
+from ostinato.queues.database import Database
+from tests.conftest import RunningServer, free_port, serving
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 FLOWS = textwrap.dedent("""
+    import os
     import time
     from ostinato.deploy import flow
 
@@ -39,22 +43,39 @@ FLOWS = textwrap.dedent("""
     @flow(name="slow")
     def slow(seconds: float = 30) -> None:
         time.sleep(seconds)
+
+    @flow(name="sleeper")
+    def sleeper() -> None:
+        with open("sleeper.pid", "w") as out:  # in the run's folder: the test waits for it
+            out.write(str(os.getpid()))
+        time.sleep(60)
 """)
 
 
 @pytest.fixture
-def project(tmp_path: Path, server: RunningServer) -> Path:
+def project_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "flows.py").write_text(FLOWS)
+    return folder
+
+
+@pytest.fixture
+def project(project_folder: Path, server: RunningServer) -> Path:
+    _register(server, project_folder)
+    return project_folder
+
+
+def _register(server: RunningServer, folder: Path) -> None:
+    """The flows' deployments (by path) and the `default` queue."""
     specs = [{"flow": flow, "name": name, "entrypoint": f"flows.py:{flow}", "path": str(folder),
               "timeout": timeout}
              for flow, name, timeout in [("add", "d", None), ("boom", "d", None),
-                                         ("slow", "d", 1), ("slow", "long", None)]]
+                                         ("slow", "d", 1), ("slow", "long", None),
+                                         ("sleeper", "d", None)]]
     with server.client() as client:
         client.put("/deployments", json={"deployments": specs}).raise_for_status()
         client.post("/work-queues", json={"name": "default"}).raise_for_status()
-    return folder
 
 
 @contextmanager
@@ -170,3 +191,37 @@ def test_stopping_hands_back_waiting_runs_and_drains_running_ones(
     assert handed_back < 1
     assert (run["state"], run["reason"]) == ("CANCELLED", "agent_stopping")
     assert drained < 1 + 1 + 2  # drain timeout, then the cancel grace, then the report
+
+
+@pytest.mark.slow
+def test_a_killed_agent_leaves_no_child_and_its_run_crashes(database: Database, tmp_path: Path,
+                                                           project_folder: Path) -> None:
+    lease, interval = 2.0, 0.5
+    settings = Settings(home=tmp_path / "server", port=free_port(), lease_seconds=lease,
+                        scheduler_interval_seconds=interval)
+    with serving(database, settings) as server:
+        _register(server, project_folder)
+        run_id = _run(server, "sleeper/d")
+        env = {**os.environ, "OSTINATO_API_URL": server.url, "OSTINATO_HOME": str(tmp_path)}
+        agent = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "agent", "start",
+                                  "-q", "default"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        marker = project_folder / "sleeper.pid"
+        try:
+            deadline = time.monotonic() + 20
+            while not marker.exists() or not marker.read_text():  # the flow is running
+                assert time.monotonic() < deadline, "the flow never started"
+                time.sleep(0.02)
+            child = psutil.Process(int(marker.read_text()))
+        finally:
+            agent.kill()
+            agent.wait(timeout=10)
+        killed = time.monotonic()
+        _, alive = psutil.wait_procs([child], timeout=5)
+        for survivor in alive:  # fail below, but leave nothing running behind the test
+            survivor.kill()
+        run = _ended(server, run_id, timeout=lease + interval + 5)
+        crashed_after = time.monotonic() - killed
+    assert alive == [], "the run's process outlived its agent"
+    assert (run["state"], run["reason"]) == ("CRASHED", "lease_expired")
+    assert crashed_after < lease + interval + 2
