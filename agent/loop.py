@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +179,13 @@ class Agent:
             with self._slot_freed:
                 self._held.pop(run_id, None)
                 self._slot_freed.notify_all()
+            self._prune_cache()
+
+    def _prune_cache(self) -> None:
+        try:
+            self.cache.prune()
+        except OSError:
+            log.warning("could not prune the bundle cache", exc_info=True)
 
     def _until(self, moment: datetime) -> None:
         """A run claimed early (prefetch) starts at its scheduled instant."""
@@ -193,21 +202,26 @@ class Agent:
                 "agent": self.options.name}
         env = {**os.environ, **run["env"], "OSTINATO_FLOW_RUN_ID": run["id"]}
         env.pop("OSTINATO_API_KEY", None)  # flow code never sees the agent's credentials
-        held.process = RunProcess(spec, cwd=self._folder(run), env=env,
-                                  on_event=held.events.append,
-                                  on_output=lambda stream, line: log.info("%s %s: %s",
-                                                                          run["name"], stream,
-                                                                          line))
-        held.process.start()
-        outcome = held.process.wait(timeout=run["timeout"])
-        if outcome is None:  # over its deployment's timeout
-            held.stop_reason = "timeout"
-            outcome = held.process.stop(self.options.cancel_grace)
+        with self._folder(run) as folder:
+            held.process = RunProcess(spec, cwd=folder, env=env, on_event=held.events.append,
+                                      on_output=lambda stream, line: log.info(
+                                          "%s %s: %s", run["name"], stream, line))
+            held.process.start()
+            outcome = held.process.wait(timeout=run["timeout"])
+            if outcome is None:  # over its deployment's timeout
+                held.stop_reason = "timeout"
+                outcome = held.process.stop(self.options.cancel_grace)
         return outcome
 
-    def _folder(self, run: dict[str, Any]) -> Path:
-        """Where a run executes: its deployment's bundle, or the path it names on this host."""
-        return self.cache.path_for(run["bundle"]) if run["bundle"] else Path(run["path"])
+    @contextmanager
+    def _folder(self, run: dict[str, Any]) -> Iterator[Path]:
+        """Where a run executes: its deployment's bundle (held in the cache while it runs), or
+        the path the deployment names on this host."""
+        if not run["bundle"]:
+            yield Path(run["path"])
+            return
+        with self.cache.use(run["bundle"]) as folder:
+            yield folder
 
     def _stop_run(self, run_id: str, reason: str, grace: float) -> None:
         with self._lock:

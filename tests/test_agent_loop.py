@@ -20,6 +20,7 @@ import pytest
 
 from ostinato.agent.cache import BundleCache
 from ostinato.agent.loop import Agent, AgentOptions
+from ostinato.deploy.bundles import pack_directory
 from ostinato.deploy.client import Client
 from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database
@@ -225,3 +226,18 @@ def test_a_killed_agent_leaves_no_child_and_its_run_crashes(database: Database, 
     assert alive == [], "the run's process outlived its agent"
     assert (run["state"], run["reason"]) == ("CRASHED", "lease_expired")
     assert crashed_after < lease + interval + 2
+
+
+def test_a_run_executes_from_its_bundle_fetched_once(server: RunningServer, project: Path,
+                                                     agent: Agent, tmp_path: Path) -> None:
+    bundle = pack_directory(project)
+    with Client(server.url) as client:
+        client.upload_bundle(bundle.sha256, bundle.data)
+        client.put("/deployments", {"deployments": [{
+            "flow": "add", "name": "bundled", "entrypoint": "flows.py:add",
+            "bundle": bundle.sha256}]})
+    first, second = (_ended(server, _run(server, "add/bundled", a=i)) for i in (1, 2))
+    assert [first["state"], second["state"]] == ["COMPLETED", "COMPLETED"]
+    cached = tmp_path / "bundles" / bundle.sha256
+    assert (cached / "flows.py").read_text() == FLOWS
+    assert not list((tmp_path / "bundles" / ".pins").iterdir()), "a pin outlived its run"
