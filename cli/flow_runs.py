@@ -1,9 +1,13 @@
-"""`ostinato flow-run …`: find runs by state, deployment, flow, tag and time; inspect one,
-cancel one, or explain why one is waiting."""
+"""`ostinato flow-run …`: find runs by state, deployment, flow, tag and time; inspect one, read
+or follow its logs, cancel one, or explain why one is waiting."""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -12,6 +16,8 @@ import typer
 
 from ostinato.cli import output
 from ostinato.cli.output import JsonFlag, Row
+from ostinato.deploy.client import Client
+from ostinato.deploy.states import StateType
 
 app = output.new_app("List, inspect, cancel and explain flow runs.")
 
@@ -107,7 +113,23 @@ def _fields(run: Row) -> list[tuple[str, str]]:
         ("tags", output.listing(run["tags"])), ("work queue", output.maybe(run["work_queue"])),
         ("agent", output.maybe(run["agent"])),
         ("origin", "schedule " + str(run.get("schedule")) if run["auto_scheduled"] else "manual"),
+        ("result", json.dumps(run["result"]) if run["end_time"] else "-"),
+        ("process", _process(run)),
     ]
+
+
+def _process(run: Row) -> str:
+    """How the run's process ended and what it used, as its agent measured it."""
+    if run.get("exit_signal"):
+        ending = f"killed by signal {run['exit_signal']}"
+    elif run.get("exit_code") is not None:
+        ending = f"exit code {run['exit_code']}"
+    else:
+        return "-"
+    usage = ""
+    if run.get("cpu_seconds") is not None and run.get("peak_rss_bytes") is not None:
+        usage = f", {run['cpu_seconds']:.2f} s CPU, peak {run['peak_rss_bytes'] / 2**20:.0f} MiB"
+    return ending + usage
 
 
 @app.command()
@@ -126,6 +148,51 @@ def inspect(run_id: RunId, as_json: JsonFlag = False) -> None:
     output.print_fields(_fields(run))
     output.heading("state history")
     output.print_table(states, STATE_COLUMNS, empty="no states recorded")
+
+
+LOG_PAGE = 1000
+FOLLOW_POLL_SECONDS = 1.0
+
+
+@app.command()
+def logs(
+    run_id: RunId,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object per line, as the API returns them.")] = False,
+) -> None:
+    """Print a flow run's log lines in order (times UTC): print() output, logging records and
+    the traceback of a failure."""
+    with output.client() as api:
+        for line in _log_lines(api, run_id, follow=follow):
+            if as_json:
+                print(json.dumps(line), flush=follow)
+            else:
+                print(_log_text(line), flush=follow)
+
+
+def _log_lines(api: Client, run_id: str, *, follow: bool) -> Iterator[Row]:
+    """Every line of the run, page by page; when following, until the run has ended. The end
+    is checked before the last read, and agents send a run's logs before its final state, so
+    no line is missed."""
+    after = 0
+    while True:
+        ended = follow and StateType(api.get(api_path(run_id))["state"]).is_terminal
+        page: list[Row] = api.get(api_path(run_id, "logs"), after=after, limit=LOG_PAGE)
+        yield from page
+        if page:
+            after = page[-1]["id"]
+        if len(page) == LOG_PAGE:
+            continue
+        if not follow or ended:
+            return
+        time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def _log_text(line: Row) -> str:
+    level = logging.getLevelName(line["level"])
+    return f"{output.utc(line['timestamp'])} {level:<8} {line['logger']}: {line['message']}"
 
 
 @app.command()

@@ -14,7 +14,8 @@ from pydantic import AfterValidator
 MAX_JSON_DEPTH = 32
 
 
-def _storable(value: Any, depth: int = 0) -> Any:
+def storable(value: Any, depth: int = 0) -> Any:
+    """`value` itself if every backend can store it; ValueError saying why not otherwise."""
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, str) and "\x00" in value:
@@ -23,12 +24,13 @@ def _storable(value: Any, depth: int = 0) -> Any:
         raise ValueError(f"{value} is not a JSON number")
     if isinstance(value, dict):
         for key, child in value.items():
-            _storable(key, depth + 1)
-            _storable(child, depth + 1)
+            storable(key, depth + 1)
+            storable(child, depth + 1)
     elif isinstance(value, list):
         for child in value:
-            _storable(child, depth + 1)
+            storable(child, depth + 1)
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(storable)]
+JsonValue = Annotated[Any, AfterValidator(storable)]

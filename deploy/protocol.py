@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
 
-from ostinato.deploy.jsontypes import JsonObject
+from ostinato.deploy.jsontypes import JsonValue
 from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag
 from ostinato.deploy.states import StateType
 
@@ -88,13 +88,53 @@ class HeartbeatReply(BaseModel):
 
 
 class StateReport(Strict):
-    """A holder's report of a run's new state; refused with 409 if `fencing_token` is stale."""
+    """A holder's report of a run's new state; refused with 409 if `fencing_token` is stale.
+
+    `time` is when the change happened on the agent: a report delayed by a network outage still
+    records the true start or end (never later than its arrival). The process fields describe
+    how a finished run's process tree ended and what it used."""
 
     state: StateType
     fencing_token: int
     reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}$")] | None = None
     message: Message | None = None
-    result: JsonObject | None = None
+    time: AwareDatetime | None = None
+    result: JsonValue = None
+    exit_code: Annotated[int, Field(ge=0, le=255)] | None = None
+    exit_signal: Annotated[int, Field(ge=1, le=128)] | None = None
+    cpu_seconds: Annotated[float, Field(ge=0)] | None = None
+    peak_rss_bytes: Annotated[int, Field(ge=0)] | None = None
+
+
+MAX_LOG_BATCH = 1000
+MAX_LOG_MESSAGE = 64 * 1024
+
+
+def _without_nul(text: str) -> str:
+    """A flow may print anything; PostgreSQL text cannot hold NUL, so it is replaced, not
+    refused (refusing would lose the whole batch)."""
+    return text.replace("\x00", "\ufffd")
+
+
+class LogLine(Strict):
+    """One log line of a run: print() output, stdlib logging, the runner's own notes."""
+
+    timestamp: AwareDatetime
+    level: Annotated[int, Field(ge=0, le=100)]
+    logger: Annotated[str, StringConstraints(max_length=255), AfterValidator(_without_nul)]
+    message: Annotated[str, StringConstraints(max_length=MAX_LOG_MESSAGE),
+                       AfterValidator(_without_nul)]
+
+
+class LogBatch(Strict):
+    logs: Annotated[list[LogLine], Field(min_length=1, max_length=MAX_LOG_BATCH)]
+
+
+class LogRecord(LogLine):
+    """A stored log line; `id` orders a run's lines and pages through them (`after`)."""
+
+    id: int
+    flow_run_id: UUID
 
 
 class ConcurrencyLimitSpec(Strict):

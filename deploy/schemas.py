@@ -221,6 +221,11 @@ class FlowRun(BaseModel):
     agent: str | None
     auto_scheduled: bool
     created: datetime
+    result: Any = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    cpu_seconds: float | None = None
+    peak_rss_bytes: int | None = None
 
 
 class StateRecord(BaseModel):

@@ -34,6 +34,7 @@ REPORTABLE: dict[StateType, frozenset[StateType]] = {
     S.CRASHED: frozenset({S.PENDING, S.RUNNING, S.CANCELLING}),
     S.CANCELLED: frozenset({S.PENDING, S.RUNNING, S.CANCELLING}),
 }
+_NO_OUTCOME = dict.fromkeys(runs.OUTCOME_FIELDS)
 _RELEASED = {"agent_id": None, "agent_name": None, "lease_expires": None, "work_queue": None}
 
 
@@ -44,15 +45,15 @@ def report_state(conn: Connection, run_id: uuid.UUID, report: StateReport, *, no
     if allowed_from is None:
         raise InvalidInput(f"an agent cannot report {report.state.value}")
     c = flow_runs.c
-    held = conn.execute(select(c.agent_name, c.reason, c.state).where(c.id == run_id)
-                        .with_for_update()).first()
+    held = conn.execute(select(c.agent_name, c.reason, c.state, c.start_time)
+                        .where(c.id == run_id).with_for_update()).first()
     actor = held.agent_name if held else None
     asked_to_stop = held is not None and held.state == S.CANCELLING  # ends without retry
     where = ((c.id == run_id) & (c.fencing_token == report.fencing_token)
              & c.state.in_([state.value for state in allowed_from]))
     moved = runs.set_states_returning(
         conn, where, report.state, reason=_reason(report, held), message=report.message,
-        actor=actor, **_columns(report, now))
+        actor=actor, **_columns(report, held, now))
     if not moved:
         return _refusal_or_current(conn, run_id, report, now)
     if report.state in (S.FAILED, S.CRASHED) and not asked_to_stop:
@@ -60,12 +61,19 @@ def report_state(conn: Connection, run_id: uuid.UUID, report: StateReport, *, no
     return runs.get_run(conn, run_id)
 
 
-def _columns(report: StateReport, now: datetime) -> dict[str, Any]:
+def _columns(report: StateReport, held: Any, now: datetime) -> dict[str, Any]:
+    """The run's columns after the report. Times come from the agent (a report held up by an
+    outage keeps the true time), bounded by the server's clock: never in the future, and an
+    end never before the start."""
+    moment = min(report.time, now) if report.time else now
     if report.state is S.RUNNING:
-        return {"start_time": now}
+        return {"start_time": moment}
     if report.state is S.SCHEDULED:
         return dict(_RELEASED)
-    return {"end_time": now, "lease_expires": None, "result": report.result}
+    if held is not None and held.start_time is not None:
+        moment = max(moment, held.start_time)
+    return {"end_time": moment, "lease_expires": None,
+            **{name: getattr(report, name) for name in runs.OUTCOME_FIELDS}}
 
 
 def _reason(report: StateReport, held: Any) -> str | None:
@@ -143,7 +151,7 @@ def retry(conn: Connection, ended: list[Any], *, now: datetime, actor: str | Non
             conn, c.id.in_(group), S.SCHEDULED, name=RETRY_NAME, actor=actor,
             message=f"retrying (at most {attempts} retries)", attempt=c.attempt + 1,
             scheduled_time=now + timedelta(seconds=delay), start_time=None, end_time=None,
-            result=None, **_RELEASED)
+            **_NO_OUTCOME, **_RELEASED)
     return retried
 
 

@@ -34,6 +34,8 @@ from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
 _FREEING_SLOTS = TERMINAL_STATES - {StateType.SKIPPED}  # SKIPPED runs never held a slot
 MAX_PAGE = 1000
+# What a finished run's holder reports about its end; cleared when the run is retried.
+OUTCOME_FIELDS = ("result", "exit_code", "exit_signal", "cpu_seconds", "peak_rss_bytes")
 
 
 @dataclass(frozen=True)
@@ -260,4 +262,5 @@ def run_fields(row: Any, late_before: datetime) -> dict[str, Any]:
         "end_time": row["end_time"], "parameters": row["parameters"], "tags": row["tags"],
         "work_queue": row["work_queue"], "agent": row["agent_name"],
         "auto_scheduled": row["auto_scheduled"], "created": row["created"],
+        **{name: row[name] for name in OUTCOME_FIELDS},
     }

@@ -196,7 +196,12 @@ class FlowRunRow(Base):
     )
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
-    result: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    result: Mapped[Any] = mapped_column(Json, nullable=True)
+    # How the run's process tree ended and what it used, as its agent measured them.
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    exit_signal: Mapped[int | None] = mapped_column(Integer)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created: Mapped[datetime] = _created()
     updated: Mapped[datetime] = _created()
 
@@ -271,7 +276,8 @@ class TaskRunRow(Base):
 
 class LogRow(Base):
     __tablename__ = "logs"
-    __table_args__ = (Index("ix_logs_flow_run_id_timestamp", "flow_run_id", "timestamp"),)
+    # A run's lines are read in id order, from a cursor (`after`), page by page.
+    __table_args__ = (Index("ix_logs_flow_run_id_id", "flow_run_id", "id"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     flow_run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
     task_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

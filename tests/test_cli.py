@@ -57,7 +57,8 @@ DEPLOYMENT_FIELDS = {"id", "name", "flow", "entrypoint", "bundle", "parameters",
 SCHEDULE_FIELDS = {"slug", "kind", "timezone", "active"}
 RUN_FIELDS = {"id", "name", "flow", "deployment", "state", "state_name", "reason", "attempt",
               "scheduled_time", "start_time", "end_time", "parameters", "tags", "work_queue",
-              "agent", "auto_scheduled"}
+              "agent", "auto_scheduled", "result", "exit_code", "exit_signal", "cpu_seconds",
+              "peak_rss_bytes"}
 QUEUE_FIELDS = {"name", "filter", "priority", "concurrency_limit", "paused"}
 FILTER_FIELDS = {"tags", "exclude_tags", "deployments", "flows"}
 

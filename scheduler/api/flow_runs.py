@@ -1,5 +1,5 @@
-"""`/api/flow-runs`: list with filters and paging, read one, its state history; a holder's
-state reports; cancel; explain why a run waits."""
+"""`/api/flow-runs`: list with filters and paging, read one, its state history and logs; a
+holder's state reports and log batches; cancel; explain why a run waits."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ostinato.deploy.protocol import Explanation, StateReport
+from ostinato.deploy.protocol import Explanation, LogBatch, LogRecord, StateReport
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import StateType
-from ostinato.queues import leases, runs
+from ostinato.queues import leases, logs, runs
 from ostinato.queues.explain import explain as explain_run
 from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, as_utc, late_after
 
@@ -59,6 +59,25 @@ def report(run_id: uuid.UUID, body: StateReport, database: DatabaseDep) -> FlowR
     """A holder reports the run's new state; 409 if its fencing token is stale."""
     with database.write() as conn:
         return leases.report_state(conn, run_id, body, now=datetime.now(UTC))
+
+
+@router.post("/{run_id}/logs", status_code=204)
+def add_logs(run_id: uuid.UUID, body: LogBatch, database: DatabaseDep) -> None:
+    """Store a batch of the run's log lines (sent by the agent running it)."""
+    with database.write() as conn:
+        logs.add_logs(conn, run_id, body.logs)
+
+
+@router.get("/{run_id}/logs", response_model=list[LogRecord])
+def read_logs(
+    run_id: uuid.UUID,
+    database: DatabaseDep,
+    after: Annotated[int, Query(ge=0, description="only lines with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=logs.MAX_LOG_PAGE)] = 1000,
+) -> list[LogRecord]:
+    """The run's log lines in order; pass the last id seen as `after` for the next page."""
+    with database.read() as conn:
+        return logs.read_logs(conn, run_id, after=after, limit=limit)
 
 
 @router.post("/{run_id}/cancel", response_model=FlowRun)
