@@ -25,6 +25,7 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1  # the flow raised (or called sys.exit): a retry may succeed
 EXIT_CANNOT_START = 2  # bad spec, entrypoint or parameters: a retry would fail the same way
 
+MAX_RESULT_CHARS = 64 * 1024  # a larger result is kept as its repr, cut to this length
 STDOUT_LOGGER, STDOUT_LEVEL = "stdout", 20  # print() lines
 STDERR_LOGGER, STDERR_LEVEL = "stderr", 30
 

@@ -31,6 +31,7 @@ from ostinato.agent import events
 from ostinato.deploy.context import RunContext, set_run_context
 from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.flows import Flow
+from ostinato.deploy.jsontypes import storable
 
 USAGE = "usage: python -m ostinato.agent.runner SPEC_FILE  (a JSON run spec; see agent/events.py)\n"
 FALLBACK_MODULE = "ostinato_flow_file"
@@ -251,12 +252,17 @@ def user_frames(tb: TracebackType | None) -> TracebackType | None:
 
 
 def jsonable(result: Any) -> Any:
-    """The result if JSON can hold it exactly, else its repr."""
+    """The result if the server can store it exactly (JSON it accepts, under the size cap),
+    else its repr, cut to the cap."""
     try:
-        json.dumps(result, allow_nan=False)
+        text = json.dumps(storable(result), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return repr(result)
-    return result
+        text = None
+    if text is not None and len(text) <= events.MAX_RESULT_CHARS:
+        return result
+    shown = repr(result).replace("\x00", "\ufffd")
+    cap = events.MAX_RESULT_CHARS
+    return shown if len(shown) <= cap else shown[:cap - 1] + "…"
 
 
 def run(spec: events.RunSpec, pipe: EventPipe) -> int:

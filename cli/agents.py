@@ -66,7 +66,7 @@ def start(
     client = Client(settings.api_url, settings.api_key or "")
     options = AgentOptions(queues=queue, name=name or default_name(), limit=limit,
                            prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds,
-                           drain_timeout=drain_timeout)
+                           drain_timeout=drain_timeout, spool_root=settings.home / "spool")
     agent = Agent(client, options, BundleCache(settings.home / "bundles", client))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())

@@ -56,8 +56,10 @@ class Client:
         clean = {k: v for k, v in params.items() if v is not None and v != []}
         return self.request("GET", path, params=clean).json()
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return _json(self.request("POST", path, json=body))
+    def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        """POST `body` as JSON; `timeout` overrides the client's (a long poll needs more)."""
+        extra = {} if timeout is None else {"timeout": timeout}
+        return _json(self.request("POST", path, json=body, **extra))
 
     def put(self, path: str, body: Any = None) -> Any:
         return _json(self.request("PUT", path, json=body))

@@ -58,6 +58,16 @@ class ServerUnreachable(OstinatoError, ConnectionError):
     status_code = 503
 
 
+class ServerError(OstinatoError):
+    """The server failed to answer (5xx): nothing says the request was wrong, so it may be
+    sent again."""
+
+    status_code = 500
+
+
+TRANSIENT_ERRORS = (ServerUnreachable, ServerError)  # worth retrying as they are
+
+
 _BY_STATUS: dict[int, type[OstinatoError]] = {
     cls.status_code: cls
     for cls in (NotFound, Conflict, InvalidInput, PayloadTooLarge, Unauthorized)
@@ -66,4 +76,6 @@ _BY_STATUS: dict[int, type[OstinatoError]] = {
 
 def error_for_status(status_code: int, message: str) -> OstinatoError:
     """The error class a response of this status stands for (used by the HTTP client)."""
+    if status_code >= 500:
+        return ServerError(message)
     return _BY_STATUS.get(status_code, OstinatoError)(message)

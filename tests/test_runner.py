@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ostinato.agent.events import parse_event
+from ostinato.agent.events import MAX_RESULT_CHARS, parse_event
 
 DEADLINE = 30.0
 
@@ -211,6 +211,21 @@ def test_the_flow_imports_modules_from_the_bundle(tmp_path: Path) -> None:
 def test_a_result_json_cannot_hold_becomes_its_repr(tmp_path: Path) -> None:
     done = run_flow(tmp_path, HEADER + "@flow\ndef main():\n    return {1, 2}, float('nan')\n")
     assert (done.code, done.last["result"]) == (0, "({1, 2}, nan)")
+
+
+@pytest.mark.parametrize(("returned", "kept"), [
+    ("'a\\x00b'", "'a\\x00b'"),  # the server cannot store NUL: its repr, escaped
+    ("{'deep': " + "[" * 40 + "1" + "]" * 40 + "}", None),  # deeper than the server keeps
+    ("'x' * (64 * 1024)", None),  # over the size cap
+])
+def test_a_result_the_server_cannot_store_becomes_its_repr_cut_to_the_cap(
+        tmp_path: Path, returned: str, kept: str | None) -> None:
+    done = run_flow(tmp_path, HEADER + f"@flow\ndef main():\n    return {returned}\n")
+    result = done.last["result"]
+    assert done.code == 0 and isinstance(result, str)
+    assert len(result) <= MAX_RESULT_CHARS
+    if kept is not None:
+        assert result == kept
 
 
 def test_grandchildren_and_leftover_threads_do_not_hold_the_run_open(tmp_path: Path) -> None:
