@@ -130,19 +130,25 @@ class Agent:
         except GaveUp:
             return
         threading.Thread(target=self._heartbeat_loop, daemon=True).start()
+        # Claims run in a thread of their own: a stop must not wait for a long poll to answer.
+        # Leaving one in flight is safe: the server claims nothing for a poll whose client has
+        # gone, and a claim answered after the stop goes straight back.
+        claimer = threading.Thread(target=self._claim_loop, args=(once,), daemon=True)
+        claimer.start()
         try:
-            self._serve(once)
+            while claimer.is_alive() and not self._stopping.wait(0.2):
+                pass
+            self._wait_for_runs()
         finally:
             self._done.set()
 
-    def _serve(self, once: bool) -> None:
+    def _claim_loop(self, once: bool) -> None:
         while not self._stopping.is_set():
             free = self._wait_for_a_slot()
             for run in self._claim(free, wait=0 if once else self.options.claim_wait):
                 self._start(run)
             if once:
-                break
-        self._wait_for_runs()
+                return
 
     def stop(self) -> None:
         """Stop claiming; hand back claimed runs that have not started; let running ones finish

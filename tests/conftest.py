@@ -1,4 +1,5 @@
-"""Fixtures shared by the suite: real databases and real HTTP servers on 127.0.0.1.
+"""Fixtures shared by the suite: real databases and real HTTP servers on 127.0.0.1 (in a thread
+of the test process, or an `ostinato server start` process of its own).
 
 `database` runs a test once on a fresh SQLite file and once on PostgreSQL in a fresh schema
 (skipped, saying why, when OSTINATO_TEST_POSTGRES_URL is unset; CI always sets it).
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -120,3 +123,35 @@ def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
     settings = Settings(home=tmp_path / "home", port=free_port(), run_scheduler=False)
     with serving(database, settings) as running:
         yield running
+
+
+@pytest.fixture
+def server_process(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """`ostinato server start` in its own process on the test's database, without its
+    scheduling loops; yields the API's URL."""
+    port = free_port()
+    env = {**os.environ, "OSTINATO_DATABASE_URL": database_url, "OSTINATO_RUN_SCHEDULER": "false",
+           "OSTINATO_HOME": str(tmp_path / "home"), "OSTINATO_LOG_LEVEL": "warning"}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "server", "start",
+                                   "--port", str(port)], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_for_health(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError(f"server not healthy within 30 s:\n{log.read_text()}")

@@ -5,12 +5,10 @@ the claimers run, and re-checked afterwards from the state history."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from ostinato.deploy.states import CLAIMED_STATES
 from ostinato.queues import deployments, runs
 from ostinato.queues.database import Database, connect, json_array_contains
 from ostinato.queues.tables import flow_run_states, flow_runs
-from tests.conftest import free_port
 
 RUNS = 5000
 CLAIMERS = 16
@@ -39,37 +36,6 @@ RUN_TAGS = [["x"], ["x", "y"], ["y"], []]
 CLAIMER_QUEUES = [["tagged", "any"], ["plain", "any"], ["tagged", "plain"], ["any"]]
 CLAIMED = [state.value for state in CLAIMED_STATES]
 CLAIMER = Path(__file__).with_name("claimer.py")
-
-
-@pytest.fixture
-def api(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """`ostinato server start` in its own process, on the test's database."""
-    port = free_port()
-    env = {**os.environ, "OSTINATO_DATABASE_URL": database_url, "OSTINATO_RUN_SCHEDULER": "false",
-           "OSTINATO_HOME": str(tmp_path / "home"), "OSTINATO_LOG_LEVEL": "warning"}
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "server", "start",
-                                   "--port", str(port)], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_for_health(url, server, log)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-
-
-def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"server not healthy within 30 s:\n{log.read_text()}")
 
 
 def _ok(response: httpx.Response) -> Any:
@@ -141,7 +107,8 @@ def _peaks_from_history(database: Database) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_claimers_in_processes_claim_every_run_once_within_every_limit(
-        api: str, database_url: str, tmp_path: Path) -> None:
+        server_process: str, database_url: str, tmp_path: Path) -> None:
+    api = server_process
     database = connect(database_url)
     stop = tmp_path / "stop"
     try:
