@@ -44,7 +44,7 @@ from ostinato.deploy.errors import (
     NotFound,
     OstinatoError,
 )
-from ostinato.deploy.protocol import MAX_LOG_MESSAGE
+from ostinato.deploy.limits import MAX_LOG_MESSAGE
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ostinato.deploy.protocol import MAX_LOG_BATCH
+from ostinato.deploy.limits import MAX_LOG_BATCH
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DROPPED_LOGGER = "ostinato.agent"

@@ -14,6 +14,7 @@ from uuid import UUID
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
 
 from ostinato.deploy.jsontypes import JsonValue
+from ostinato.deploy.limits import MAX_LOG_BATCH, MAX_LOG_MESSAGE
 from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag
 from ostinato.deploy.states import StateType
 
@@ -105,9 +106,6 @@ class StateReport(Strict):
     cpu_seconds: Annotated[float, Field(ge=0)] | None = None
     peak_rss_bytes: Annotated[int, Field(ge=0)] | None = None
 
-
-MAX_LOG_BATCH = 1000
-MAX_LOG_MESSAGE = 64 * 1024
 
 
 def _without_nul(text: str) -> str:

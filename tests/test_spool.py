@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ostinato.agent.spool import RunLog
-from ostinato.deploy.protocol import MAX_LOG_BATCH
+from ostinato.deploy.limits import MAX_LOG_BATCH
 
 
 def _line(n: int) -> dict[str, Any]:
