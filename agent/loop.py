@@ -262,11 +262,8 @@ class Agent:
             self._until(datetime.fromisoformat(held.run["scheduled_time"]))
             if self._stopping.is_set():
                 self._report(held, "SCHEDULED", "agent_stopping", "the agent stopped first")
-            elif self._accepted_running(held):
-                outcome = self._execute(held)
-                self._ship_all(held)
-                if held.stop_reason != "lost":
-                    self._report_end(held, outcome)
+            else:
+                self._launch(held)
         except Exception as exc:  # a run the agent could not even start: the infrastructure
             log.exception("run %s could not be launched", run_id)
             self._report(held, "CRASHED", "launch_failed", str(exc))
@@ -276,6 +273,17 @@ class Agent:
                 self._held.pop(run_id, None)
                 self._slot_freed.notify_all()
             self._prune_cache()
+
+    def _launch(self, held: _Held) -> None:
+        """Run it from its folder — found first, so a run whose bundle cannot be had never
+        shows as RUNNING — once the server has accepted RUNNING; then report its end."""
+        with self._folder(held.run) as folder:
+            if not self._accepted_running(held):
+                return
+            outcome = self._execute(held, folder)
+        self._ship_all(held)
+        if held.stop_reason != "lost":
+            self._report_end(held, outcome)
 
     def _accepted_running(self, held: _Held) -> bool:
         """Whether the server accepted RUNNING, so the run may start. A run asked to stop while
@@ -300,7 +308,7 @@ class Agent:
         if delay > 0:
             self._stopping.wait(delay)
 
-    def _execute(self, held: _Held) -> Outcome:
+    def _execute(self, held: _Held, folder: Path) -> Outcome:
         run = held.run
         spec = {"flow_run_id": run["id"], "name": run["name"], "deployment": run["deployment"],
                 "scheduled_time": run["scheduled_time"], "attempt": run["attempt"],
@@ -308,12 +316,11 @@ class Agent:
                 "agent": self.options.name}
         env = {**os.environ, **run["env"], "OSTINATO_FLOW_RUN_ID": run["id"]}
         env.pop("OSTINATO_API_KEY", None)  # flow code never sees the agent's credentials
-        with self._folder(run) as folder:
-            held.process = RunProcess(
-                spec, cwd=folder, env=env, on_event=lambda event: _on_event(held, event),
-                on_output=lambda stream, line: held.log.append(_output_line(stream, line)))
-            held.process.start()
-            return self._watch(held)
+        held.process = RunProcess(
+            spec, cwd=folder, env=env, on_event=lambda event: _on_event(held, event),
+            on_output=lambda stream, line: held.log.append(_output_line(stream, line)))
+        held.process.start()
+        return self._watch(held)
 
     def _watch(self, held: _Held) -> Outcome:
         """Wait for the run's process to end, shipping its logs meanwhile; past its
