@@ -281,20 +281,22 @@ class Agent:
             if not self._accepted_running(held):
                 return
             outcome = self._execute(held, folder)
+        ended_at = datetime.now(UTC)  # the report may wait for an outage to end
         self._ship_all(held)
         if held.stop_reason != "lost":
-            self._report_end(held, outcome)
+            self._report_end(held, outcome, ended_at)
 
     def _accepted_running(self, held: _Held) -> bool:
         """Whether the server accepted RUNNING, so the run may start. A run asked to stop while
         it was claimed is reported CANCELLED instead."""
-        reply = self._report(held, "RUNNING", until=self._stopping)
-        if reply is None:
-            return False
-        if reply["state"] == "CANCELLING":
+        if held.stop_reason is None:
+            reply = self._report(held, "RUNNING", until=self._stopping)
+            if reply is None or reply["state"] != "CANCELLING":
+                return reply is not None
+            held.stop_reason = "cancelled"
+        if held.stop_reason == "cancelled":
             self._report(held, "CANCELLED", None, "stopped on request before it started")
-            return False
-        return True
+        return False
 
     def _prune_cache(self) -> None:
         try:
@@ -381,21 +383,22 @@ class Agent:
             if not self._ship(held):
                 self._done.wait(max(0.0, held.next_ship - time.monotonic()))
 
-    def _report_end(self, held: _Held, outcome: Outcome) -> None:
+    def _report_end(self, held: _Held, outcome: Outcome, ended_at: datetime) -> None:
         state, reason, message = _final_state(held, outcome)
         result = held.ending.get("result") if held.ending and state == "COMPLETED" else None
-        self._report(held, state, reason, message, result=result, exit_code=outcome.exit_code,
+        self._report(held, state, reason, message, at=ended_at, result=result,
+                     exit_code=outcome.exit_code,
                      exit_signal=outcome.signal, cpu_seconds=outcome.cpu_seconds,
                      peak_rss_bytes=outcome.peak_rss_bytes)
 
     def _report(self, held: _Held, state: str, reason: str | None = None,
-                message: str | None = None, *, until: threading.Event | None = None,
-                **outcome: Any) -> dict[str, Any] | None:
-        """Tell the server the run's new state, as of now, until it has it. None if the run is
-        no longer this agent's (refused: taken back, perhaps claimed elsewhere) or the agent
-        gave up first."""
+                message: str | None = None, *, at: datetime | None = None,
+                until: threading.Event | None = None, **outcome: Any) -> dict[str, Any] | None:
+        """Tell the server the run's new state, as of `at` (default now), until it has it.
+        None if the run is no longer this agent's (refused: taken back, perhaps claimed
+        elsewhere) or the agent gave up first."""
         body = {"state": state, "fencing_token": held.token, "reason": reason,
-                "message": message, "time": datetime.now(UTC).isoformat(), **outcome}
+                "message": message, "time": (at or datetime.now(UTC)).isoformat(), **outcome}
         try:
             reply: dict[str, Any] = self._retrying(
                 lambda: self.client.post(held.path + "/state", body, timeout=CONTROL_TIMEOUT),
