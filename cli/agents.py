@@ -56,8 +56,6 @@ def start(
     Each run executes in its own process group, from its deployment's bundle (fetched by
     sha256 into OSTINATO_HOME/bundles) or from the path the deployment names on this host.
     """
-    import signal
-
     from ostinato.agent.cache import BundleCache
     from ostinato.agent.loop import Agent, AgentOptions, default_name
     from ostinato.deploy.client import Client
@@ -68,8 +66,8 @@ def start(
                            prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds,
                            drain_timeout=drain_timeout, spool_root=settings.home / "spool")
     agent = Agent(client, options, BundleCache(settings.home / "bundles", client))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: agent.stop())
+    output.on_stop_signals(agent.stop)
+    output.log_to_stderr(settings.log_level)
     output.note(f"agent {options.name} claiming from {', '.join(queue)}; Ctrl-C to stop")
     with client:
         agent.run(once=once)

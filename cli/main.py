@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 a user error, reported as one `error: …` line on stderr with no
 traceback; 2 a usage error (typer's own message). Every module here imports only typer at the
 top and loads the rest inside the command that needs it, so `ostinato --help` and listings start
-fast; SQLAlchemy, FastAPI and uvicorn are loaded only by `server start` and `db upgrade`.
+fast; SQLAlchemy, FastAPI and uvicorn are loaded only by `server start`, `up` and `db upgrade`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ostinato.cli import (
     output,
     scheduler,
     server,
+    up,
     work_queues,
 )
 
@@ -26,6 +27,7 @@ app = output.new_app(
     "Ostinato: deployments of Python flows, run on schedule through work queues by agents. "
     "Commands talk to the server at OSTINATO_API_URL (default http://127.0.0.1:4200/api)."
 )
+app.command()(up.up)
 app.add_typer(server.app, name="server")
 app.add_typer(scheduler.app, name="scheduler")
 app.add_typer(deployments.app, name="deployment")

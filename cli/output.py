@@ -116,6 +116,23 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def log_to_stderr(level: str) -> None:
+    """Log records of long-running commands (agents) with their time and level, so an outage
+    can be read back from the log."""
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per loop pass is noise
+
+
+def on_stop_signals(stop: Callable[[], None]) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM call `stop`, which ends the command gracefully (exit 0)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop())
+
+
 def parse_duration(text: str) -> float:
     """Seconds in `90`, `30s`, `10m`, `2h`, `1d` or `1h30m` (typer parser: bad text is exit 2)."""
     compact = text.strip().lower()

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ostinato.cli import output
 
+if TYPE_CHECKING:
+    from ostinato.deploy.settings import Settings
+
 app = output.new_app("Run the Ostinato server (API and scheduler).")
+
+Host = Annotated[str | None, typer.Option(
+    metavar="HOST", help="Interface to listen on (default: OSTINATO_HOST, else 127.0.0.1).",
+    show_default=False)]
+
+
+def listening_settings(host: str | None, port: int | None) -> Settings:
+    """Settings with the host and port flags that were given over the configured ones."""
+    given = {"host": host, "port": port}
+    return output.load_settings(**{k: v for k, v in given.items() if v is not None})
 
 
 @app.command()
 def start(
-    host: Annotated[str | None, typer.Option(
-        metavar="HOST", help="Interface to listen on (default: OSTINATO_HOST, else 127.0.0.1).",
-        show_default=False)] = None,
+    host: Host = None,
     port: Annotated[int | None, typer.Option(
         min=0, max=65535, metavar="PORT", show_default=False,
         help="Port to listen on (default: OSTINATO_PORT, else 4200).")] = None,
@@ -25,8 +36,9 @@ def start(
     The database is OSTINATO_DATABASE_URL, or SQLite at $OSTINATO_HOME/ostinato.db; its schema
     is upgraded at start-up.
     """
-    given = {"host": host, "port": port}
-    settings = output.load_settings(**{k: v for k, v in given.items() if v is not None})
-    from ostinato.scheduler.server import serve
+    from ostinato.scheduler.server import ApiServer
 
-    serve(settings)
+    server = ApiServer(listening_settings(host, port))
+    output.on_stop_signals(server.stop)
+    server.start()
+    server.join()

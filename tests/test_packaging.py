@@ -42,6 +42,8 @@ def _modules() -> list[str]:
             parts = path.relative_to(ROOT).with_suffix("").parts
             if "migrations" in parts and parts[-1] != "__init__":
                 continue  # migration scripts run inside Alembic, not on import
+            if "examples" in parts:
+                continue  # flow files, run by path, not imported as modules
             names.append(".".join(("ostinato", *parts)).removesuffix(".__init__"))
     return names
 

@@ -78,6 +78,8 @@ async def claim(body: ClaimRequest, request: Request, database: DatabaseDep,
             if outcome.runs or left <= 0:
                 return outcome.runs
             baton = await waiter.sleep(min(left, _until_worth_retrying(outcome, prefetch)))
+        if notifier.closed:  # the server is shutting down: answer now, with no runs
+            return []
         if await request.is_disconnected():
             if baton:
                 notifier.pass_on(baton, waiter, found_nothing=False)
