@@ -53,6 +53,7 @@ CLAIM_TIMEOUT_MARGIN = 5.0  # a long poll may take its wait plus this long to an
 SHIP_SECONDS = 0.5  # how often a running run's new log lines go to the server
 RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # back-off bounds, in seconds
 REPORT_MARGIN = 1.0  # of the drain timeout, kept for the final reports
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 def default_name() -> str:
@@ -117,6 +118,7 @@ class Agent:
         self._done = threading.Event()  # run() has returned: no more heartbeats or retries
         self._deadline: float | None = None  # monotonic time by which stopping must be over
         self._claim_failures = 0
+        self._lease_seconds = DEFAULT_LEASE_SECONDS  # until a heartbeat reply says
         self.agent_id: str | None = None
 
     # --- the loops ---------------------------------------------------------------------------
@@ -212,10 +214,14 @@ class Agent:
                 self._slot_freed.wait(timeout=0.2)
 
     def _heartbeat_loop(self) -> None:
+        """Beat at once (the reply says how long leases last), then every heartbeat interval
+        or a third of the lease, whichever is shorter; after a failure, sooner."""
         failures = 0
-        while not self._done.wait(self.options.heartbeat_seconds if not failures else
-                                  backoff(failures - 1, cap=self.options.heartbeat_seconds)):
+        while True:
             failures = 0 if self.heartbeat() else failures + 1
+            interval = min(self.options.heartbeat_seconds, self._lease_seconds / 3)
+            if self._done.wait(backoff(failures - 1, cap=interval) if failures else interval):
+                return
 
     def heartbeat(self) -> bool:
         """Renew the leases of the runs held and act on the reply; False if it did not go
@@ -228,6 +234,7 @@ class Agent:
         except OstinatoError as exc:
             log.warning("heartbeat failed (%s)", exc)
             return False
+        self._lease_seconds = float(reply["lease_seconds"])
         for order in reply["cancel"]:
             self._stop_run(order["id"], "cancelled", order["grace_seconds"])
         for run_id in reply["lost"]:
@@ -282,8 +289,8 @@ class Agent:
                 return
             outcome = self._execute(held, folder)
         ended_at = datetime.now(UTC)  # the report may wait for an outage to end
-        self._ship_all(held)
-        if held.stop_reason != "lost":
+        if held.stop_reason != "lost":  # a lost run's lines would mix with its next attempt's
+            self._ship_all(held)
             self._report_end(held, outcome, ended_at)
 
     def _accepted_running(self, held: _Held) -> bool:

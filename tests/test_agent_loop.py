@@ -10,11 +10,11 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -24,6 +24,7 @@ from ostinato.deploy.bundles import pack_directory
 from ostinato.deploy.client import Client
 from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database
+from tests.agents import ended, start_run, until_state
 from tests.conftest import RunningServer, free_port, serving
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -42,8 +43,11 @@ FLOWS = textwrap.dedent("""
         raise ValueError("no luck")
 
     @flow(name="slow")
-    def slow(seconds: float = 30) -> None:
-        time.sleep(seconds)
+    def slow(seconds: float = 30) -> str:
+        for step in range(int(seconds * 2)):
+            print(f"step {step}", flush=True)
+            time.sleep(0.5)
+        return "slept"
 
     @flow(name="sleeper")
     def sleeper() -> None:
@@ -103,91 +107,72 @@ def agent(server: RunningServer, project: Path, tmp_path: Path) -> Iterator[Agen
         yield running
 
 
-def _run(server: RunningServer, deployment: str, start_in: float = 0, **parameters: Any) -> str:
-    with server.client() as client:
-        response = client.post(f"/deployments/{deployment}/runs",
-                               json={"parameters": parameters, "start_in": start_in})
-    response.raise_for_status()
-    run_id: str = response.json()["id"]
-    return run_id
-
-
-def _ended(server: RunningServer, run_id: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=server.url) as client:
-        while time.monotonic() < deadline:
-            run: dict[str, Any] = client.get(f"/flow-runs/{run_id}").json()
-            if run["state"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                run["history"] = [s["type"] for s in client.get(f"/flow-runs/{run_id}/states")
-                                  .json()]
-                return run
-            time.sleep(0.05)
-    raise AssertionError(f"run {run_id} did not end within {timeout} s")
-
-
 def test_a_run_completes_with_its_parameters(server: RunningServer, agent: Agent) -> None:
-    run = _ended(server, _run(server, "add/d", a="41"))
+    run = ended(server, start_run(server, "add/d", a="41"))
     assert (run["state"], run["reason"], run["agent"]) == ("COMPLETED", "success", "a1")
     assert run["history"] == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
 
 
 def test_a_flow_that_raises_fails_with_its_exception(server: RunningServer,
                                                     agent: Agent) -> None:
-    run = _ended(server, _run(server, "boom/d"))
+    run = ended(server, start_run(server, "boom/d"))
     assert (run["state"], run["reason"]) == ("FAILED", "exception")
 
 
 def test_a_run_over_its_timeout_is_stopped_and_failed(server: RunningServer,
                                                       agent: Agent) -> None:
     started = time.monotonic()
-    run = _ended(server, _run(server, "slow/d"))
+    run = ended(server, start_run(server, "slow/d"))
     assert (run["state"], run["reason"]) == ("FAILED", "timeout")
     assert time.monotonic() - started < 15
 
 
-def _until_state(server: RunningServer, run_id: str, state: str, timeout: float = 20) -> float:
-    """Wait for the run to be in `state`; when it was seen there (monotonic)."""
-    deadline = time.monotonic() + timeout
-    with server.client() as client:
-        while client.get(f"/flow-runs/{run_id}").json()["state"] != state:
-            assert time.monotonic() < deadline, f"run {run_id} never {state}"
-            time.sleep(0.02)
-    return time.monotonic()
-
-
 def test_a_cancelled_run_is_stopped_and_cancelled(server: RunningServer, agent: Agent) -> None:
-    run_id = _run(server, "slow/long")
-    _until_state(server, run_id, "RUNNING")
+    run_id = start_run(server, "slow/long")
+    until_state(server, run_id, "RUNNING")
     with server.client() as client:
         client.post(f"/flow-runs/{run_id}/cancel").raise_for_status()
-    run = _ended(server, run_id, timeout=15)
+    run = ended(server, run_id, timeout=15)
     assert (run["state"], run["reason"]) == ("CANCELLED", "cancelled_by_user")
     assert run["history"] == ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "CANCELLED"]
 
 
+def test_a_run_cancelled_while_it_waits_for_its_time_never_starts(server: RunningServer,
+                                                                   project: Path,
+                                                                   tmp_path: Path) -> None:
+    run_id = start_run(server, "add/d", start_in=3, a=1)
+    with serving_agent(server, tmp_path, prefetch=60):
+        until_state(server, run_id, "PENDING")  # claimed early: it waits for its instant
+        with server.client() as client:
+            client.post(f"/flow-runs/{run_id}/cancel").raise_for_status()
+        run = ended(server, run_id, timeout=10)
+    assert run["history"] == ["SCHEDULED", "PENDING", "CANCELLING", "CANCELLED"]
+    assert run["start_time"] is None
+
+
 def test_agent_start_once_runs_what_is_due_and_exits(server: RunningServer, project: Path,
                                                      tmp_path: Path) -> None:
-    run_id = _run(server, "add/d", a=1)
+    run_id = start_run(server, "add/d", a=1)
     env = {**os.environ, "OSTINATO_API_URL": server.url, "OSTINATO_HOME": str(tmp_path / "h")}
     done = subprocess.run([sys.executable, "-m", "ostinato.cli.main", "agent", "start",
                            "-q", "default", "--name", "cli-agent", "--once"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    run = _ended(server, run_id, timeout=1)
+    run = ended(server, run_id, timeout=1)
     assert (run["state"], run["agent"]) == ("COMPLETED", "cli-agent")
 
 
 def test_stopping_hands_back_waiting_runs_and_drains_running_ones(
         server: RunningServer, project: Path, tmp_path: Path) -> None:
-    running_id = _run(server, "slow/long")
-    waiting_id = _run(server, "add/d", start_in=30, a=1)  # claimed early, waits for its time
+    running_id = start_run(server, "slow/long")
+    waiting_id = start_run(server, "add/d", start_in=30, a=1)  # claimed early, waits for its time
     with serving_agent(server, tmp_path, prefetch=60, drain_timeout=1) as agent:
-        _until_state(server, running_id, "RUNNING")
-        _until_state(server, waiting_id, "PENDING")
+        until_state(server, running_id, "RUNNING")
+        until_state(server, waiting_id, "PENDING")
         stopped = time.monotonic()
         agent.stop()
-        handed_back = _until_state(server, waiting_id, "SCHEDULED", timeout=5) - stopped
-        run = _ended(server, running_id, timeout=10)
+        handed_back = until_state(server, waiting_id, "SCHEDULED", timeout=5) - stopped
+        run = ended(server, running_id, timeout=10)
         drained = time.monotonic() - stopped
     assert handed_back < 1
     assert (run["state"], run["reason"]) == ("CANCELLED", "agent_stopping")
@@ -202,7 +187,7 @@ def test_a_killed_agent_leaves_no_child_and_its_run_crashes(database: Database, 
                         scheduler_interval_seconds=interval)
     with serving(database, settings) as server:
         _register(server, project_folder)
-        run_id = _run(server, "sleeper/d")
+        run_id = start_run(server, "sleeper/d")
         env = {**os.environ, "OSTINATO_API_URL": server.url, "OSTINATO_HOME": str(tmp_path)}
         agent = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "agent", "start",
                                   "-q", "default"], env=env, stdout=subprocess.DEVNULL,
@@ -221,7 +206,7 @@ def test_a_killed_agent_leaves_no_child_and_its_run_crashes(database: Database, 
         _, alive = psutil.wait_procs([child], timeout=5)
         for survivor in alive:  # fail below, but leave nothing running behind the test
             survivor.kill()
-        run = _ended(server, run_id, timeout=lease + interval + 5)
+        run = ended(server, run_id, timeout=lease + interval + 5)
         crashed_after = time.monotonic() - killed
     assert alive == [], "the run's process outlived its agent"
     assert (run["state"], run["reason"]) == ("CRASHED", "lease_expired")
@@ -236,8 +221,42 @@ def test_a_run_executes_from_its_bundle_fetched_once(server: RunningServer, proj
         client.put("/deployments", {"deployments": [{
             "flow": "add", "name": "bundled", "entrypoint": "flows.py:add",
             "bundle": bundle.sha256}]})
-    first, second = (_ended(server, _run(server, "add/bundled", a=i)) for i in (1, 2))
+    first, second = (ended(server, start_run(server, "add/bundled", a=i)) for i in (1, 2))
     assert [first["state"], second["state"]] == ["COMPLETED", "COMPLETED"]
     cached = tmp_path / "bundles" / bundle.sha256
     assert (cached / "flows.py").read_text() == FLOWS
     assert not list((tmp_path / "bundles" / ".pins").iterdir()), "a pin outlived its run"
+
+
+def test_a_run_that_ends_while_the_server_is_down_is_reported_when_it_is_back(
+        database: Database, tmp_path: Path, project_folder: Path) -> None:
+    settings = Settings(home=tmp_path / "server", port=free_port(), run_scheduler=False)
+    with ExitStack() as agent_running:
+        with serving(database, settings) as server:
+            _register(server, project_folder)
+            run_id = start_run(server, "slow/long", seconds=2)
+            agent_running.enter_context(serving_agent(server, tmp_path))
+            until_state(server, run_id, "RUNNING")
+            server.app.state.notifier.close()  # the agent's long poll answers, as at shutdown
+        down = datetime.now(UTC)
+        time.sleep(4)  # the run ends meanwhile; its last lines and its report wait
+        with serving(database, settings) as server:
+            run = ended(server, run_id, timeout=20)
+            with server.client() as client:
+                lines = [line["message"]
+                         for line in client.get(f"/flow-runs/{run_id}/logs").json()]
+    assert (run["state"], run["result"]) == ("COMPLETED", "slept")
+    assert datetime.fromisoformat(run["end_time"]) < down + timedelta(seconds=3)
+    assert lines == [f"step {n}" for n in range(4)]
+
+
+def test_the_agent_beats_often_enough_for_the_servers_lease(database: Database, tmp_path: Path,
+                                                            project_folder: Path) -> None:
+    settings = Settings(home=tmp_path / "server", port=free_port(), lease_seconds=3,
+                        scheduler_interval_seconds=0.5)  # the reaper acts on every miss
+    with serving(database, settings) as server:
+        _register(server, project_folder)
+        run_id = start_run(server, "slow/long", seconds=5)  # longer than the lease
+        with serving_agent(server, tmp_path, heartbeat_seconds=10):
+            run = ended(server, run_id, timeout=20)
+    assert (run["state"], run["result"]) == ("COMPLETED", "slept")
