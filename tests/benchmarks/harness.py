@@ -62,8 +62,20 @@ def wait_healthy(api: str, process: subprocess.Popen[bytes], seconds: float = 60
 
 def stop(process: subprocess.Popen[bytes]) -> int:
     """SIGTERM, then SIGKILL if it has not exited within 30 s; its exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    return stop_all([process])[0]
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    """`stop` for several processes whose shutdowns overlap: one SIGTERM to each at once (a
+    second one may be taken as "stop now"), then each one's exit status."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return [_exit_status(process) for process in processes]
+
+
+def _exit_status(process: subprocess.Popen[bytes]) -> int:
+    if process.returncode is None:
         try:
             return process.wait(timeout=30)
         except subprocess.TimeoutExpired:
