@@ -1,7 +1,8 @@
 """What users write: `from ostinato.deploy import flow, task, Deployment, Cron, get_run_logger`.
 
 Names are loaded on first use (PEP 562), so importing one submodule — the CLI's error types, the
-runner's context — does not pay for the rest.
+runner's context — does not pay for the rest. `Cron`, `Interval` and `RRule` here are declarations
+(ostinato.deploy.deployment), built into the models of ostinato.deploy.schedules at registration.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "flow": "flows", "task": "flows", "Flow": "flows", "Task": "flows",
-    "Deployment": "deployment",
-    "Cron": "schedules", "Interval": "schedules", "RRule": "schedules",
+    "Deployment": "deployment", "Cron": "deployment", "Interval": "deployment",
+    "RRule": "deployment",
     "get_run_logger": "context", "get_run_context": "context",
     "StateType": "states",
 }
@@ -33,7 +34,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from ostinato.deploy.context import get_run_context, get_run_logger
-    from ostinato.deploy.deployment import Deployment
+    from ostinato.deploy.deployment import Cron, Deployment, Interval, RRule
     from ostinato.deploy.flows import Flow, Task, flow, task
-    from ostinato.deploy.schedules import Cron, Interval, RRule
     from ostinato.deploy.states import StateType
