@@ -38,7 +38,7 @@ T = TypeVar("T")
 HEARTBEAT = 10.0  # the agent's default heartbeat interval
 LEASE = 30.0  # the server's default lease
 OUTAGE = 20.0  # within a lease even when it starts just after a heartbeat
-SHORT_LEASE = 15.0  # still longer than a heartbeat interval, or healthy runs would be reaped
+SHORT_LEASE = 6.0  # the agent beats every third of the lease the server names
 QUEUE, AGENT = "net", "netagent"
 ENDED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -388,16 +388,15 @@ def _missing_logs(setup: Setup, run_id: str, wanted: list[str], timeout: float) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("outage", OUTAGES)
 def test_a_run_survives_an_outage_within_its_lease_and_completes_once(
-        namespace: NetworkNamespace, tmp_path: Path, outage: Outage) -> None:
+        namespace: NetworkNamespace, tmp_path: Path) -> None:
     with _deployed(namespace, tmp_path, lease=LEASE) as setup:
         run_id = _start_run(setup)
         _until_state(setup, run_id, ("RUNNING",), timeout=30)
         child = psutil.Process(_wait(lambda: _pid(setup), 15, "the flow's pid", setup.tail))
         _heartbeat_after(setup, datetime.now(UTC), timeout=HEARTBEAT + 5)
         printed_before = len(_beats(setup))  # lines after it count as printed in the dark
-        namespace.link_down(outage)
+        namespace.link_down()  # packets dropped silently: requests hang until they time out
         down = time.monotonic()
         try:
             _sleep_until(down + OUTAGE / 2)
@@ -439,7 +438,7 @@ def test_a_run_lost_to_the_reaper_in_an_outage_is_killed_and_stays_crashed(
         down = time.monotonic()
         try:
             reaped = _until_state(setup, run_id, ENDED, timeout=SHORT_LEASE + 5)
-            _sleep_until(down + SHORT_LEASE + HEARTBEAT)
+            _sleep_until(down + SHORT_LEASE + SHORT_LEASE / 3)
             alive_at_link_up = _alive(child)
         finally:
             namespace.link_up()
