@@ -6,6 +6,11 @@ not reach the flows. The run spec (parameters included) goes in a private file, 
 command line or through a shell. The child reports structured events on a pipe it inherits;
 its stdout and stderr lines are forwarded separately. psutil samples the process tree for CPU
 time and peak memory while it runs.
+
+The child is forked from the agent's fork server when it has one (ostinato.agent.forkserver: a
+run then costs a fork, not an interpreter's imports), else — or whenever the fork server cannot
+serve — it is a new `python -P -m ostinato.agent.runner SPEC`. Either way the same pipes and
+spec, and a child with what this module uses of a Popen.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from typing import IO, Any
 
 import psutil
 
+from ostinato.agent.forkserver import ForkedChild, ForkServer, write_private
+
 # -P: the bundle (the working directory) never shadows a module the runner imports.
 RUNNER = (sys.executable, "-P", "-m", "ostinato.agent.runner")
 SAMPLE_SECONDS = 0.5
 
 EventHandler = Callable[[dict[str, Any]], None]
 OutputHandler = Callable[[str, str], None]  # (stream name, line)
+Child = subprocess.Popen[bytes] | ForkedChild
 
 
 @dataclass(frozen=True)
@@ -68,21 +76,24 @@ class _Usage:
 
 
 class RunProcess:
-    """One launched run. `start()` spawns it; `wait()` returns its Outcome once it has ended
+    """One launched run. `start()` spawns it (forked from `fork_server` when there is one and
+    it can, else `command` as a new process); `wait()` returns its Outcome once it has ended
     and its streams are drained; `stop(grace)` ends it, process group and all."""
 
     def __init__(self, spec: dict[str, Any], *, cwd: Path, env: dict[str, str],
                  on_event: EventHandler, on_output: OutputHandler,
-                 command: Sequence[str] = RUNNER) -> None:
+                 command: Sequence[str] = RUNNER, fork_server: ForkServer | None = None) -> None:
         self._spec = spec
         self._cwd = cwd
         self._env = env
         self._on_event = on_event
         self._on_output = on_output
         self._command = list(command)
+        self._fork_server = fork_server
         self._usage = _Usage()
         self._readers: list[threading.Thread] = []
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: Child | None = None
+        self._spawned = threading.Event()  # start() is over, whether a child exists or not
         self._spec_dir = tempfile.TemporaryDirectory(prefix="ostinato-run-")
 
     @property
@@ -91,23 +102,35 @@ class RunProcess:
         return self._process.pid
 
     def start(self) -> None:
-        read_end, write_end = os.pipe()
+        events, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
+        writers = (stdout[1], stderr[1], events[1])
         try:
-            spec_file = self._write_spec(write_end)
-            self._process = subprocess.Popen(
-                [*self._command, str(spec_file)], cwd=self._cwd, env=self._env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, pass_fds=(write_end,))
+            self._process = self._spawn(self._write_spec(events[1]), writers)
         except BaseException:
-            os.close(read_end)
+            for read_end, _ in (events, stdout, stderr):
+                os.close(read_end)
             raise
         finally:
-            os.close(write_end)
-        self._read(os.fdopen(read_end, "rb"), self._event_line)
-        assert self._process.stdout and self._process.stderr
-        self._read(self._process.stdout, lambda line: self._on_output("stdout", line))
-        self._read(self._process.stderr, lambda line: self._on_output("stderr", line))
+            for write_end in writers:
+                os.close(write_end)
+            self._spawned.set()
+        self._read(os.fdopen(events[0], "rb"), self._event_line)
+        self._read(os.fdopen(stdout[0], "rb"), lambda line: self._on_output("stdout", line))
+        self._read(os.fdopen(stderr[0], "rb"), lambda line: self._on_output("stderr", line))
         threading.Thread(target=self._sample_until_exit, daemon=True).start()
+
+    def _spawn(self, spec_file: Path, writers: tuple[int, int, int]) -> Child:
+        """The child, given the write ends of its stdout, stderr and events pipes."""
+        if self._fork_server is not None:
+            forked = self._fork_server.launch(spec_file, cwd=self._cwd, env=self._env,
+                                              fds=writers)
+            if forked is not None:
+                return forked
+        stdout, stderr, events = writers
+        return subprocess.Popen(
+            [*self._command, str(spec_file)], cwd=self._cwd, env=self._env,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
+            pass_fds=(events,))
 
     def _sample_until_exit(self) -> None:
         assert self._process is not None
@@ -118,9 +141,7 @@ class RunProcess:
 
     def _write_spec(self, events_fd: int) -> Path:
         path = Path(self._spec_dir.name) / "spec.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump({**self._spec, "events_fd": events_fd}, out)
+        write_private(path, {**self._spec, "events_fd": events_fd})
         return path
 
     def _read(self, stream: IO[bytes], handle: Callable[[str], None]) -> None:
@@ -148,21 +169,26 @@ class RunProcess:
         its run."""
         assert self._process is not None, "not started"
         try:
-            self._process.wait(timeout=timeout)
+            code = self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
         self._signal_group(signal.SIGKILL)
         for reader in self._readers:
             reader.join(timeout=5)
         self._spec_dir.cleanup()
-        code = self._process.returncode
+        cpu_seconds = self._usage.cpu_seconds
+        if isinstance(self._process, ForkedChild):  # measured whole by its parent, the zygote
+            cpu_seconds = max(cpu_seconds, self._process.cpu_seconds)
         return Outcome(exit_code=code if code >= 0 else None,
                        signal=-code if code < 0 else None,
-                       cpu_seconds=round(self._usage.cpu_seconds, 3),
+                       cpu_seconds=round(cpu_seconds, 3),
                        peak_rss_bytes=self._usage.peak_rss_bytes)
 
     def stop(self, grace: float) -> Outcome:
-        """SIGTERM to the whole process group, SIGKILL after `grace` seconds; then its outcome."""
+        """SIGTERM to the whole process group, SIGKILL after `grace` seconds; then its outcome.
+        A stop that comes while `start()` is launching (a fork server starting up, say) waits
+        for the child to exist, so no run escapes it."""
+        self._spawned.wait()
         self._signal_group(signal.SIGTERM)
         outcome = self.wait(timeout=grace)
         if outcome is None:

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from ostinato.agent import events
 from ostinato.agent.cache import BundleCache
+from ostinato.agent.forkserver import ForkServer
 from ostinato.agent.launcher import Outcome, RunProcess
 from ostinato.agent.spool import RunLog
 from ostinato.deploy.client import Client
@@ -120,6 +121,7 @@ class Agent:
         self._claim_failures = 0
         self._lease_seconds = DEFAULT_LEASE_SECONDS  # until a heartbeat reply says
         self.agent_id: str | None = None
+        self.fork_server = ForkServer()  # one for all runs, started by the first launch
 
     # --- the loops ---------------------------------------------------------------------------
 
@@ -143,6 +145,7 @@ class Agent:
             self._wait_for_runs()
         finally:
             self._done.set()
+            self.fork_server.close()
 
     def _claim_loop(self, once: bool) -> None:
         while not self._stopping.is_set():
@@ -327,7 +330,8 @@ class Agent:
         env.pop("OSTINATO_API_KEY", None)  # flow code never sees the agent's credentials
         held.process = RunProcess(
             spec, cwd=folder, env=env, on_event=lambda event: _on_event(held, event),
-            on_output=lambda stream, line: held.log.append(_output_line(stream, line)))
+            on_output=lambda stream, line: held.log.append(_output_line(stream, line)),
+            fork_server=self.fork_server)
         held.process.start()
         return self._watch(held)
 

@@ -8,12 +8,15 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from ostinato.agent.launcher import RunProcess
+
+T = TypeVar("T")
 
 # A stand-in for the runner: reads the spec, reports on the events pipe, then does what the
 # spec's "mode" says.
@@ -45,13 +48,18 @@ class Recorder:
         self.output: list[tuple[str, str]] = []
 
     def until(self, name: str, timeout: float = 10) -> dict[str, Any]:
+        return self.found(lambda: next((event for event in self.events
+                                        if event.get("event") == name), None),
+                          f"{name!r} event", timeout)
+
+    def found(self, find: Callable[[], T | None], what: str, timeout: float = 10) -> T:
+        """What `find` returns once it is not None."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for event in self.events:
-                if event.get("event") == name:
-                    return event
+            if (value := find()) is not None:
+                return value
             time.sleep(0.01)
-        raise AssertionError(f"no {name!r} event within {timeout} s: {self.events}")
+        raise AssertionError(f"no {what} within {timeout} s: {self.events} {self.output}")
 
 
 def _launch(tmp_path: Path, mode: str, **spec: Any) -> tuple[RunProcess, Recorder]:
@@ -66,16 +74,27 @@ def _launch(tmp_path: Path, mode: str, **spec: Any) -> tuple[RunProcess, Recorde
     return run, seen
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
 
+def gone_soon(*pids: int, timeout: float = 10) -> bool:
+    """Whether these processes have all ended within `timeout` (a SIGKILL takes effect when
+    its target next runs, not when kill() returns)."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_the_spec_travels_by_file_and_events_and_output_come_back(tmp_path: Path) -> None:
     run, seen = _launch(tmp_path, "plain")
-    cmdline = " ".join(psutil.Process(run.pid).cmdline()) if _alive(run.pid) else ""
+    cmdline = " ".join(psutil.Process(run.pid).cmdline()) if alive(run.pid) else ""
     outcome = run.wait(timeout=20)
     assert outcome is not None and outcome.exit_code == 0 and outcome.signal is None
     assert "s3cr3t" not in cmdline
@@ -97,10 +116,10 @@ def test_the_spec_file_is_private_and_removed_after_the_run(tmp_path: Path) -> N
 def test_stopping_a_run_ends_its_whole_process_group(tmp_path: Path) -> None:
     run, seen = _launch(tmp_path, "grandchild")
     grandchild = seen.until("grandchild")["pid"]
-    assert _alive(grandchild)
+    assert alive(grandchild)
     outcome = run.stop(grace=5)
     assert outcome.signal == signal.SIGTERM
-    assert not _alive(grandchild)
+    assert gone_soon(grandchild)
 
 
 def test_a_run_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
@@ -117,7 +136,7 @@ def test_what_a_finished_run_left_running_is_killed(tmp_path: Path) -> None:
     outcome = run.wait(timeout=20)
     grandchild = seen.until("grandchild")["pid"]
     assert outcome is not None and outcome.exit_code == 0
-    assert not _alive(grandchild)
+    assert gone_soon(grandchild)
 
 
 def test_death_by_signal_is_reported_as_the_signal(tmp_path: Path) -> None:
