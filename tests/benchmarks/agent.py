@@ -312,11 +312,23 @@ def cpu_meter(bench: Bench, agents: Agents) -> Iterator[dict[str, float]]:
 
 
 def cpu_seconds(bench: Bench, agents: Agents) -> dict[str, float]:
+    """CPU so far of the server, the agents, and the runs: children the agents reaped (runs
+    started as interpreters) plus their fork servers and the runs those reaped."""
     server = bench.server.cpu_times()
-    own = [psutil.Process(process.pid).cpu_times() for process in agents.values()]
+    own = [psutil.Process(process.pid) for process in agents.values()]
+    forkers = [child.cpu_times() for agent in own for child in agent.children()]
     return {"server": server.user + server.system,
-            "agents": sum(times.user + times.system for times in own),
-            "runners": sum(times.children_user + times.children_system for times in own)}
+            "agents": sum(_own(agent.cpu_times()) for agent in own),
+            "runners": sum(_reaped(agent.cpu_times()) for agent in own)
+            + sum(_own(times) + _reaped(times) for times in forkers)}
+
+
+def _own(times: Any) -> float:
+    return float(times.user + times.system)
+
+
+def _reaped(times: Any) -> float:
+    return float(times.children_user + times.children_system)
 
 
 def machine_busy() -> float:
