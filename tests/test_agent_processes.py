@@ -37,7 +37,8 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 AGENT = "proc-agent"
 GRACE = 2.0  # SIGTERM to SIGKILL, on the server (cancel orders) and in the agent (drain)
-HEARTBEAT = 10.0  # how often `agent start` heartbeats, hence how late it may learn of a cancel
+LEASE = 6.0  # the agent heartbeats every third of it, so it learns of a cancel within 2 s
+HEARTBEAT = LEASE / 3
 DRAIN = 5.0
 MARGIN = 1.5  # process start-up, reports and polling on a loaded 2-core machine
 
@@ -109,7 +110,7 @@ SPAWNER = textwrap.dedent("""
 def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
     """A server without its scheduling loops, with a cancel grace short enough to wait for."""
     settings = Settings(home=tmp_path / "server", port=free_port(), run_scheduler=False,
-                        cancel_grace_seconds=GRACE)
+                        cancel_grace_seconds=GRACE, lease_seconds=LEASE)
     with serving(database, settings) as running:
         yield running
         running.app.state.notifier.close()  # long polls of killed agents answer, as at shutdown

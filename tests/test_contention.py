@@ -1,4 +1,4 @@
-"""Contention: 16 claimer processes over HTTP against 5,000 due runs in overlapping queues with
+"""Contention: 16 claimer processes over HTTP against 2,500 due runs in overlapping queues with
 limits. Every run is claimed exactly once, and no limit is exceeded at any moment — sampled while
 the claimers run, and re-checked afterwards from the state history."""
 
@@ -23,7 +23,7 @@ from ostinato.queues import deployments, runs
 from ostinato.queues.database import Database, connect, json_array_contains
 from ostinato.queues.tables import flow_run_states, flow_runs
 
-RUNS = 5000
+RUNS = 2500
 CLAIMERS = 16
 QUEUES = [
     {"name": "tagged", "filter": {"tags": ["x"]}, "priority": 1, "concurrency_limit": 6},

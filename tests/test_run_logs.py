@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from ostinato.queues import tables
 from tests.conftest import RunningServer
 from tests.test_cli import assert_user_error, cli, closed_port, seed
-from tests.test_cli_claims import register_agent, run_now
+from tests.test_cli_claims import register_agent
 
 
 def _line(message: str, *, level: int = 20, at: datetime | None = None) -> dict[str, Any]:
@@ -29,9 +29,9 @@ def _line(message: str, *, level: int = 20, at: datetime | None = None) -> dict[
 def _claimed_run(server: RunningServer) -> tuple[str, int]:
     """A run of etl/hourly claimed by an agent, reported RUNNING: (id, fencing token)."""
     seed(server.url)
-    run_id = run_now(server.url, "etl/hourly")
     agent = register_agent(server.url, "worker", ["existing"])
     with server.client() as http:
+        run_id = http.post("/deployments/etl/hourly/runs", json={}).raise_for_status().json()["id"]
         [claimed] = http.post("/claims", json={"agent_id": agent, "queues": ["existing"]}
                               ).raise_for_status().json()
         assert claimed["id"] == run_id
