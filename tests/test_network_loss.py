@@ -386,15 +386,22 @@ def _missing_logs(setup: Setup, run_id: str, wanted: list[str], timeout: float) 
 
 # --- the agent across an outage --------------------------------------------------------------
 
+
+def _running_just_after_a_heartbeat(setup: Setup) -> tuple[str, psutil.Process]:
+    """A run of the chatty flow, RUNNING, and its process; returns just after the agent's next
+    heartbeat, so an outage starting now has a whole lease before the reaper acts."""
+    run_id = _start_run(setup)
+    _until_state(setup, run_id, ("RUNNING",), timeout=30)
+    child = psutil.Process(_wait(lambda: _pid(setup), 15, "the flow's pid", setup.tail))
+    _heartbeat_after(setup, datetime.now(UTC), timeout=HEARTBEAT + 5)
+    return run_id, child
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_run_survives_an_outage_within_its_lease_and_completes_once(
         namespace: NetworkNamespace, tmp_path: Path) -> None:
     with _deployed(namespace, tmp_path, lease=LEASE) as setup:
-        run_id = _start_run(setup)
-        _until_state(setup, run_id, ("RUNNING",), timeout=30)
-        child = psutil.Process(_wait(lambda: _pid(setup), 15, "the flow's pid", setup.tail))
-        _heartbeat_after(setup, datetime.now(UTC), timeout=HEARTBEAT + 5)
+        run_id, child = _running_just_after_a_heartbeat(setup)
         printed_before = len(_beats(setup))  # lines after it count as printed in the dark
         namespace.link_down()  # packets dropped silently: requests hang until they time out
         down = time.monotonic()
@@ -430,10 +437,7 @@ def test_a_run_survives_an_outage_within_its_lease_and_completes_once(
 def test_a_run_lost_to_the_reaper_in_an_outage_is_killed_and_stays_crashed(
         namespace: NetworkNamespace, tmp_path: Path) -> None:
     with _deployed(namespace, tmp_path, lease=SHORT_LEASE) as setup:
-        run_id = _start_run(setup)
-        _until_state(setup, run_id, ("RUNNING",), timeout=30)
-        child = psutil.Process(_wait(lambda: _pid(setup), 15, "the flow's pid", setup.tail))
-        _heartbeat_after(setup, datetime.now(UTC), timeout=HEARTBEAT + 5)
+        run_id, child = _running_just_after_a_heartbeat(setup)
         namespace.link_down()
         down = time.monotonic()
         try:
