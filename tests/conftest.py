@@ -145,6 +145,18 @@ def server_process(database_url: str, tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=20)
 
 
+def exit_status_after(process: subprocess.Popen[bytes], signum: int, timeout: float,
+                      log: Path) -> int:
+    """Send `signum`, then the exit status; fails the test, showing the process's `log`, if it
+    needs more than `timeout` seconds to exit."""
+    process.send_signal(signum)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{process.args!r} still running {timeout} s after signal {signum}:"
+                             f"\n{log.read_text(errors='replace')}") from None
+
+
 def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

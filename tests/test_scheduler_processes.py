@@ -38,6 +38,7 @@ from ostinato.queues.tables import deployments as deployments_table
 from ostinato.queues.tables import flow_runs, schedules
 from ostinato.scheduler.loops import SchedulerLoops
 from ostinato.scheduler.materialize import Policy
+from tests.conftest import exit_status_after
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SECOND = timedelta(seconds=1)
@@ -59,12 +60,7 @@ class Scheduler:
 
     def terminate(self) -> int:
         """SIGTERM, then the exit status; fails if the process needs more than STOP_SECONDS."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"scheduler still running {STOP_SECONDS} s after SIGTERM:\n"
-                                 f"{self.output()}") from None
+        return exit_status_after(self.process, signal.SIGTERM, STOP_SECONDS, self.log)
 
 
 Spawn = Callable[[float], Scheduler]

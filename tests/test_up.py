@@ -21,7 +21,7 @@ from sqlalchemy import select
 from ostinato.deploy.states import CLAIMED_STATES
 from ostinato.queues.database import connect
 from ostinato.queues.tables import flow_runs
-from tests.conftest import free_port
+from tests.conftest import exit_status_after, free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "hello.py"
 DEPLOYMENT = "/deployments/hello/every-minute"
@@ -46,12 +46,7 @@ class Up:
 
     def interrupt(self) -> int:
         """Ctrl-C, then the exit status; fails if the process needs more than STOP_SECONDS."""
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running {STOP_SECONDS} s after Ctrl-C:\n"
-                                 f"{self.output()}") from None
+        return exit_status_after(self.process, signal.SIGINT, STOP_SECONDS, self.log)
 
     def claimed_or_running(self) -> list[str]:
         """Runs left PENDING, RUNNING or CANCELLING in the database (read once it has exited)."""
