@@ -396,6 +396,7 @@ def _running_just_after_a_heartbeat(setup: Setup) -> tuple[str, psutil.Process]:
     _heartbeat_after(setup, datetime.now(UTC), timeout=HEARTBEAT + 5)
     return run_id, child
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_run_survives_an_outage_within_its_lease_and_completes_once(
