@@ -3,21 +3,26 @@
 The agent writes a `RunSpec` to a file and starts `python -m ostinato.agent.runner SPEC_FILE` with
 the bundle as working directory and the write end of a pipe as `events_fd`. The runner answers on
 that pipe only, one JSON object per line, flushed per line: zero or more `log` events, `started`
-when the flow function is entered, then exactly one `completed` or `failed`. Its exit status says
-the same thing again, so a run whose pipe broke is still classified. This module is stdlib-only:
-both sides import it and neither should pay for more.
+when the flow function is entered, `task_run` and `flow_run` events with the newest record of a
+task run or subflow run (ostinato.deploy.records), then exactly one `completed` or `failed`. Its
+exit status says the same thing again, so a run whose pipe broke is still classified. This module
+is stdlib-only: both sides import it and neither should pay for more.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+from ostinato.deploy.records import FlowRunRecord, TaskRunRecord
 
 STARTED: Literal["started"] = "started"
 LOG: Literal["log"] = "log"
+TASK_RUN: Literal["task_run"] = "task_run"
+FLOW_RUN: Literal["flow_run"] = "flow_run"
 COMPLETED: Literal["completed"] = "completed"
 FAILED: Literal["failed"] = "failed"
-NAMES = frozenset({STARTED, LOG, COMPLETED, FAILED})
+NAMES = frozenset({STARTED, LOG, TASK_RUN, FLOW_RUN, COMPLETED, FAILED})
 
 Reason = Literal["exception", "bad_entrypoint", "bad_parameters"]
 
@@ -25,7 +30,6 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1  # the flow raised (or called sys.exit): a retry may succeed
 EXIT_CANNOT_START = 2  # bad spec, entrypoint or parameters: a retry would fail the same way
 
-MAX_RESULT_CHARS = 64 * 1024  # a larger result is kept as its repr, cut to this length
 STDOUT_LOGGER, STDOUT_LEVEL = "stdout", 20  # print() lines
 STDERR_LOGGER, STDERR_LEVEL = "stderr", 30
 
@@ -53,6 +57,20 @@ class Log(TypedDict):
     level: int
     logger: str
     message: str
+    task_run_id: NotRequired[str]  # the task run that wrote it
+    flow_run_id: NotRequired[str]  # the subflow run that wrote it (else the run itself)
+
+
+class TaskRun(TypedDict):
+    event: Literal["task_run"]
+    time: str
+    record: TaskRunRecord
+
+
+class FlowRun(TypedDict):
+    event: Literal["flow_run"]
+    time: str
+    record: FlowRunRecord
 
 
 class Completed(TypedDict):
@@ -70,7 +88,7 @@ class Failed(TypedDict):
     traceback: str
 
 
-Event = Started | Log | Completed | Failed
+Event = Started | Log | TaskRun | FlowRun | Completed | Failed
 
 
 def parse_event(line: str | bytes) -> Event:

@@ -3,15 +3,15 @@ free, and run each claimed run to its end, reporting every state with the claim'
 
 Threads, not asyncio: the work is waiting on children and on HTTP, and each run gets a
 supervisor thread that owns it from claim to report: it starts the child at the scheduled
-instant, ships its log lines every half second, and reports how it ended. The heartbeat thread
-renews the leases of the runs held and carries out cancel orders.
+instant, ships its log lines and task-run records every half second, and reports how it ended.
+The heartbeat thread renews the leases of the runs held and carries out cancel orders.
 
-Network loss: children keep running while the server cannot be reached. Log lines wait on disk
-(agent/spool.py); heartbeats, claims, log batches and reports are retried with jittered
-exponential back-off. On return the server reconciles: a run its reaper gave away meanwhile is
-named `lost` in the heartbeat reply, or its report is refused with 409 — the agent kills it and
-never reports it. A run is never started before the server has accepted RUNNING, so a run taken
-back during an outage cannot be launched twice.
+Network loss: children keep running while the server cannot be reached. Log lines and records
+wait on disk (agent/spool.py); heartbeats, claims, log batches and reports are retried with
+jittered exponential back-off. On return the server reconciles: a run its reaper gave away
+meanwhile is named `lost` in the heartbeat reply, or its report is refused with 409 — the agent
+kills it and never reports it. A run is never started before the server has accepted RUNNING,
+so a run taken back during an outage cannot be launched twice.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ostinato.deploy.errors import (
     NotFound,
     OstinatoError,
 )
-from ostinato.deploy.limits import MAX_LOG_MESSAGE
+from ostinato.deploy.limits import MAX_LOG_BATCH, MAX_LOG_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class _Held:
     stop_reason: str | None = None  # "cancelled", "timeout", "drained" or "lost"
     ship_failures: int = 0
     next_ship: float = 0.0  # monotonic time before which no log batch is sent
+    backlog: bool = False  # the last batch sent was full: more may be waiting
 
     @property
     def token(self) -> int:
@@ -341,7 +342,7 @@ class Agent:
         assert held.process is not None
         timeout = held.run["timeout"]
         deadline = time.monotonic() + timeout if timeout else None
-        while (outcome := held.process.wait(timeout=SHIP_SECONDS)) is None:
+        while (outcome := held.process.wait(0 if held.backlog else SHIP_SECONDS)) is None:
             self._ship(held)
             if deadline is not None and time.monotonic() >= deadline:
                 self._stop_run(held.run["id"], "timeout", self.options.cancel_grace)
@@ -369,13 +370,15 @@ class Agent:
     # --- what the server hears -----------------------------------------------------------------
 
     def _ship(self, held: _Held) -> bool:
-        """Send one batch of the run's unsent log lines if it is time to; False if the server
-        could not be reached (the lines stay on disk for the next try)."""
+        """Send one batch of the run's unsent records if it is time to; False if the server
+        could not be reached (they stay on disk for the next try)."""
+        held.backlog = False
         if not held.log.pending or time.monotonic() < held.next_ship:
             return True
         lines, position = held.log.batch()
         try:
-            self.client.post(held.path + "/logs", {"logs": lines}, timeout=CONTROL_TIMEOUT)
+            self.client.post(held.path + "/events", _event_batch(lines),
+                             timeout=CONTROL_TIMEOUT)
         except TRANSIENT_ERRORS as exc:
             held.next_ship = time.monotonic() + backoff(held.ship_failures)
             held.ship_failures += 1
@@ -386,6 +389,7 @@ class Agent:
                         len(lines), exc)
         held.log.sent(position)
         held.ship_failures = 0
+        held.backlog = len(lines) >= MAX_LOG_BATCH
         return True
 
     def _ship_all(self, held: _Held) -> None:
@@ -427,13 +431,37 @@ class Agent:
 def _on_event(held: _Held, event: dict[str, Any]) -> None:
     kind = event.get("event")
     if kind == events.LOG:
-        held.log.append({"timestamp": event.get("time"), "level": event.get("level"),
-                         "logger": event.get("logger"),
-                         "message": str(event.get("message"))[:MAX_LOG_MESSAGE]})
+        line = {"timestamp": event.get("time"), "level": event.get("level"),
+                "logger": event.get("logger"),
+                "message": str(event.get("message"))[:MAX_LOG_MESSAGE]}
+        held.log.append(line | {key: event[key] for key in _LOG_IDS if key in event})
+    elif kind in (events.TASK_RUN, events.FLOW_RUN):
+        held.log.append({kind: event.get("record")})
     elif kind in (events.COMPLETED, events.FAILED):
         held.ending = event
         if event.get("traceback"):
             held.log.append(_line(logging.ERROR, "ostinato.runner", event["traceback"]))
+
+
+_LOG_IDS = ("task_run_id", "flow_run_id")
+
+
+def _event_batch(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The spooled entries as one `POST …/events` body: log lines in order, and only the
+    newest record of each task run (records are whole snapshots)."""
+    logs: list[dict[str, Any]] = []
+    task_runs: dict[str, dict[str, Any]] = {}
+    flow_runs: list[dict[str, Any]] = []
+    for entry in entries:
+        if events.TASK_RUN in entry:
+            record = entry[events.TASK_RUN]
+            task_runs.pop(record["id"], None)  # keep the order of last snapshots
+            task_runs[record["id"]] = record
+        elif events.FLOW_RUN in entry:
+            flow_runs.append(entry[events.FLOW_RUN])
+        else:
+            logs.append(entry)
+    return {"logs": logs, "task_runs": list(task_runs.values()), "flow_runs": flow_runs}
 
 
 def _output_line(stream: str, line: str) -> dict[str, Any]:

@@ -28,10 +28,13 @@ from types import ModuleType, TracebackType
 from typing import IO, Any, NoReturn, cast
 
 from ostinato.agent import events
+from ostinato.deploy import engine
 from ostinato.deploy.context import RunContext, set_run_context
 from ostinato.deploy.errors import InvalidInput
 from ostinato.deploy.flows import Flow
-from ostinato.deploy.jsontypes import storable
+from ostinato.deploy.jsontypes import jsonable
+from ostinato.deploy.limits import MAX_RESULT_CHARS
+from ostinato.deploy.records import FlowRunRecord, TaskRunRecord
 
 USAGE = "usage: python -m ostinato.agent.runner SPEC_FILE  (a JSON run spec; see agent/events.py)\n"
 FALLBACK_MODULE = "ostinato_flow_file"
@@ -83,6 +86,29 @@ class EventPipe:
             self._file = None
 
 
+class PipeRecorder:
+    """The flow run's task-run and subflow records, sent to the agent as they change; logs
+    name the task run and subflow run that wrote them (`attribution`)."""
+
+    def __init__(self, pipe: EventPipe, run_id: str) -> None:
+        self._pipe = pipe
+        self._run_id = run_id
+
+    def task_run(self, record: TaskRunRecord) -> None:
+        self._pipe.emit(events.TASK_RUN, record=record)
+
+    def flow_run(self, record: FlowRunRecord) -> None:
+        self._pipe.emit(events.FLOW_RUN, record=record)
+
+    def attribution(self) -> dict[str, str]:
+        """The fields of a log event written here: its task run, its subflow run."""
+        flow_run_id, task_run_id = engine.current_ids()
+        fields = {"task_run_id": task_run_id} if task_run_id else {}
+        if flow_run_id and flow_run_id != self._run_id:
+            fields["flow_run_id"] = flow_run_id
+        return fields
+
+
 class LineStream:
     """sys.stdout or sys.stderr during a run: each complete line becomes a log event.
 
@@ -90,8 +116,10 @@ class LineStream:
     the process's own stdout and stderr as well.
     """
 
-    def __init__(self, pipe: EventPipe, logger: str, level: int, real: Any) -> None:
-        self._pipe, self._logger, self._level, self._real = pipe, logger, level, real
+    def __init__(self, recorder: PipeRecorder, pipe: EventPipe, logger: str, level: int,
+                 real: Any) -> None:
+        self._recorder, self._pipe = recorder, pipe
+        self._logger, self._level, self._real = logger, level, real
         self._partial = ""
         self._lock = threading.Lock()
         self.encoding = "utf-8"
@@ -114,7 +142,8 @@ class LineStream:
             self._partial = ""
 
     def _send(self, line: str) -> None:
-        self._pipe.emit(events.LOG, level=self._level, logger=self._logger, message=line)
+        self._pipe.emit(events.LOG, level=self._level, logger=self._logger, message=line,
+                        **self._recorder.attribution())
 
     def flush(self) -> None:
         pass
@@ -132,9 +161,9 @@ class LineStream:
 class EventHandler(logging.Handler):
     """Stdlib logging records, from any logger, as log events."""
 
-    def __init__(self, pipe: EventPipe) -> None:
+    def __init__(self, recorder: PipeRecorder, pipe: EventPipe) -> None:
         super().__init__(logging.INFO)
-        self._pipe = pipe
+        self._recorder, self._pipe = recorder, pipe
         self.setFormatter(logging.Formatter("%(message)s"))  # appends exception tracebacks
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -145,16 +174,16 @@ class EventHandler(logging.Handler):
             return
         time = datetime.fromtimestamp(record.created, UTC).isoformat()
         self._pipe.emit(events.LOG, time, level=record.levelno, logger=record.name,
-                        message=message)
+                        message=message, **self._recorder.attribution())
 
 
-def capture_output(pipe: EventPipe) -> list[LineStream]:
+def capture_output(recorder: PipeRecorder, pipe: EventPipe) -> list[LineStream]:
     """Send logging and Python-level stdout/stderr to the pipe; returns the streams to finish."""
     root = logging.getLogger()
-    root.addHandler(EventHandler(pipe))
+    root.addHandler(EventHandler(recorder, pipe))
     root.setLevel(logging.INFO)
-    out = LineStream(pipe, events.STDOUT_LOGGER, events.STDOUT_LEVEL, sys.stdout)
-    err = LineStream(pipe, events.STDERR_LOGGER, events.STDERR_LEVEL, sys.stderr)
+    out = LineStream(recorder, pipe, events.STDOUT_LOGGER, events.STDOUT_LEVEL, sys.stdout)
+    err = LineStream(recorder, pipe, events.STDERR_LOGGER, events.STDERR_LEVEL, sys.stderr)
     sys.stdout, sys.stderr = out, err
     return [out, err]
 
@@ -243,31 +272,18 @@ def failure(reason: events.Reason, error: BaseException) -> dict[str, str]:
 
 
 def user_frames(tb: TracebackType | None) -> TracebackType | None:
-    """`tb` without its leading frames in the runner, Flow.__call__ or the import machinery."""
-    ours = {__file__, Flow.__call__.__code__.co_filename}
+    """`tb` without its leading frames in the runner, the engine or the import machinery."""
+    ours = {__file__, engine.__file__}
     while tb is not None and (tb.tb_frame.f_code.co_filename in ours
                               or tb.tb_frame.f_code.co_filename.startswith("<frozen ")):
         tb = tb.tb_next
     return tb
 
 
-def jsonable(result: Any) -> Any:
-    """The result if the server can store it exactly (JSON it accepts, under the size cap),
-    else its repr, cut to the cap."""
-    try:
-        text = json.dumps(storable(result), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        text = None
-    if text is not None and len(text) <= events.MAX_RESULT_CHARS:
-        return result
-    shown = repr(result).replace("\x00", "\ufffd")
-    cap = events.MAX_RESULT_CHARS
-    return shown if len(shown) <= cap else shown[:cap - 1] + "…"
-
-
 def run(spec: events.RunSpec, pipe: EventPipe) -> int:
     """Load, check, call: the exit status after exactly one terminal event."""
-    streams = capture_output(pipe)
+    recorder = PipeRecorder(pipe, spec["flow_run_id"])
+    streams = capture_output(recorder, pipe)
     try:
         flow = load_flow(spec["entrypoint"])
         parameters = coerce_parameters(flow, spec["parameters"])
@@ -276,10 +292,10 @@ def run(spec: events.RunSpec, pipe: EventPipe) -> int:
     enter_run(spec, parameters)
     pipe.emit(events.STARTED)
     try:
-        result = flow(**parameters)
+        result = engine.run_root(flow, spec["flow_run_id"], recorder, parameters)
     except BaseException as exc:  # noqa: BLE001 (the run reports whatever ended it)
         return end(pipe, streams, events.FAILED, **failure("exception", exc))
-    return end(pipe, streams, events.COMPLETED, result=jsonable(result))
+    return end(pipe, streams, events.COMPLETED, result=jsonable(result, MAX_RESULT_CHARS))
 
 
 def end(pipe: EventPipe, streams: list[LineStream], name: str, **fields: Any) -> int:

@@ -1,5 +1,8 @@
 """A run's log lines on their way to the server, held in a file until the server has them.
 
+Task-run and subflow records travel the same way, in order with the lines (`{"task_run": …}`,
+`{"flow_run": …}`), so a batch never names a subflow before the server has heard of it.
+
 The file, not memory, holds what an outage holds back, so a chatty flow cut off from the server
 for minutes costs the agent disk, not RAM. The backlog is capped: lines past the cap are counted,
 not kept, and the count reaches the server as one line of its own. Once the server has every

@@ -1,5 +1,6 @@
-"""`ostinato flow-run …`: find runs by state, deployment, flow, tag and time; inspect one, read
-or follow its logs, cancel one, or explain why one is waiting."""
+"""`ostinato flow-run …`: find runs by state, deployment, flow, tag, time and parent; inspect
+one with its task runs and subflow runs, read or follow its logs, cancel one, or explain why one
+is waiting."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from ostinato.deploy.states import StateType
 app = output.new_app("List, inspect, cancel and explain flow runs.")
 
 
-def _check_id(value: str) -> str:
-    """A flow run id is a UUID; anything else is a usage error, found before any request."""
+def _check_id(value: str | None) -> str | None:
+    """A flow run id is a UUID; anything else is a usage error, found before any request
+    (None: an option left out)."""
+    if value is None:
+        return None
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:
@@ -49,6 +53,23 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
+def _state_label(state: str, name: str) -> str:
+    """`FAILED`, or with a name of its own `FAILED (TimedOut)`."""
+    return state if name.upper() == state else f"{state} ({name})"
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    """How long from `start` to `end`, as `4.2 s`, `3m05s` or `2h07m`; `-` if either is
+    missing."""
+    if not start or not end:
+        return "-"
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def _state(run: Row) -> str:
     """The state's display name in capitals (`LATE` is a SCHEDULED run), with its reason."""
     state = str(run["state_name"] or run["state"]).upper()
@@ -66,8 +87,7 @@ RUN_COLUMNS: list[output.Column] = [
 
 STATE_COLUMNS: list[output.Column] = [
     ("TIME (UTC)", lambda s: output.utc(s["timestamp"])),
-    ("STATE", lambda s: s["type"] if s["name"].upper() == s["type"] else
-     f"{s['type']} ({s['name']})"),
+    ("STATE", lambda s: _state_label(s["type"], s["name"])),
     ("REASON", lambda s: output.maybe(s["reason"])),
     ("BY", lambda s: output.maybe(s["actor"])),
     ("MESSAGE", lambda s: output.maybe(s["message"])),
@@ -90,6 +110,9 @@ def list_runs(
         "Only runs scheduled at or after this time (UTC unless it has an offset).")] = None,
     before: Annotated[datetime | None, _time_option("Only runs scheduled before this time.")
                       ] = None,
+    parent: Annotated[str | None, typer.Option(
+        metavar="ID", callback=_check_id, show_default=False,
+        help="Only the subflow runs of this flow run.")] = None,
     limit: output.Limit = None,
     offset: output.Offset = None,
     as_json: JsonFlag = False,
@@ -98,7 +121,7 @@ def list_runs(
     with output.client() as api:
         found = api.get("/flow-runs", state=[s.upper() for s in state or []],
                         deployment=deployment, flow=flow, tag=tag,
-                        after=_iso(after), before=_iso(before),
+                        after=_iso(after), before=_iso(before), parent=parent,
                         limit=limit, offset=offset)
     output.print_listing(found, RUN_COLUMNS, as_json=as_json, empty="no flow runs")
 
@@ -111,11 +134,16 @@ def _fields(run: Row) -> list[tuple[str, str]]:
         ("started", output.utc(run["start_time"])), ("ended", output.utc(run["end_time"])),
         ("parameters", output.compact_json(run["parameters"])),
         ("tags", output.listing(run["tags"])), ("work queue", output.maybe(run["work_queue"])),
-        ("agent", output.maybe(run["agent"])),
-        ("origin", "schedule " + str(run.get("schedule")) if run["auto_scheduled"] else "manual"),
+        ("agent", output.maybe(run["agent"])), ("origin", _origin(run)),
         ("result", json.dumps(run["result"]) if run["end_time"] else "-"),
         ("process", _process(run)),
     ]
+
+
+def _origin(run: Row) -> str:
+    if run.get("parent_run_id"):
+        return f"subflow run of {run['parent_run_id']}"
+    return "schedule " + str(run.get("schedule")) if run["auto_scheduled"] else "manual"
 
 
 def _process(run: Row) -> str:
@@ -132,22 +160,65 @@ def _process(run: Row) -> str:
     return ending + usage
 
 
+def _task_run_columns(task_runs: list[Row]) -> list[output.Column]:
+    """The task-run table; upstream task runs are named (by id if not among `task_runs`)."""
+    names = {task_run["id"]: task_run["name"] for task_run in task_runs}
+    return [
+        ("NAME", lambda t: t["name"]),
+        ("STATE", lambda t: _state_label(t["state"], t["state_name"])),
+        ("ATTEMPT", lambda t: str(t["attempt"])),
+        ("START (UTC)", lambda t: output.utc(t["start_time"])),
+        ("DURATION", lambda t: _duration(t["start_time"], t["end_time"])),
+        ("UPSTREAM", lambda t: output.listing([names.get(u, u) for u in t["upstream"]])),
+    ]
+
+
+SUBFLOW_COLUMNS: list[output.Column] = [
+    ("ID", lambda r: r["id"]),
+    ("NAME", lambda r: r["name"]),
+    ("FLOW", lambda r: r["flow"]),
+    ("STATE", _state),
+    ("START (UTC)", lambda r: output.utc(r["start_time"])),
+    ("DURATION", lambda r: _duration(r["start_time"], r["end_time"])),
+]
+PAGE = 1000
+
+
+def _every_page(api: Client, path: str, **query: Any) -> list[Row]:
+    """All of a listing, a page at a time."""
+    found: list[Row] = []
+    while True:
+        page: list[Row] = api.get(path, **query, limit=PAGE, offset=len(found))
+        found += page
+        if len(page) < PAGE:
+            return found
+
+
 @app.command()
 def inspect(run_id: RunId, as_json: JsonFlag = False) -> None:
-    """Show one flow run and its state history (times UTC).
+    """Show one flow run, its state history, its task runs (by start time, with the task runs
+    each was called with) and its subflow runs (times UTC).
 
-    With --json: the run's API object with its history added under "states".
+    With --json: the run's API object with its history added under "states", its task runs
+    under "task_runs" and its subflow runs under "subflow_runs".
     """
     path = api_path(run_id)
     with output.client() as api:
         run = api.get(path)
         states = api.get(path + "/states")
+        task_runs = _every_page(api, path + "/task-runs")
+        subflows = _every_page(api, "/flow-runs", parent=run_id)[::-1]  # oldest first
     if as_json:
-        output.print_json({**run, "states": states})
+        output.print_json({**run, "states": states, "task_runs": task_runs,
+                           "subflow_runs": subflows})
         return
     output.print_fields(_fields(run))
     output.heading("state history")
     output.print_table(states, STATE_COLUMNS, empty="no states recorded")
+    output.heading("task runs")
+    output.print_table(task_runs, _task_run_columns(task_runs), empty="no task runs")
+    output.heading("subflow runs")
+    output.print_table(subflows, SUBFLOW_COLUMNS, empty="no subflow runs")
 
 
 LOG_PAGE = 1000

@@ -11,7 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "flow": "flows", "task": "flows", "Flow": "flows", "Task": "flows",
+    "flow": "flows", "Flow": "flows", "task": "tasks", "Task": "tasks", "unmapped": "tasks",
+    "TaskFuture": "engine", "TaskRunner": "task_runners", "SequentialTaskRunner": "task_runners",
+    "ThreadPoolTaskRunner": "task_runners", "TaskTimeout": "task_runners",
+    "DaskTaskRunner": "dask_runner",
     "Deployment": "deployment", "Cron": "deployment", "Interval": "deployment",
     "RRule": "deployment",
     "get_run_logger": "context", "get_run_context": "context",
@@ -19,8 +22,9 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "Cron", "Deployment", "Flow", "Interval", "RRule", "StateType", "Task",
-    "flow", "get_run_context", "get_run_logger", "task",
+    "Cron", "DaskTaskRunner", "Deployment", "Flow", "Interval", "RRule", "SequentialTaskRunner",
+    "StateType", "Task", "TaskFuture", "TaskRunner", "TaskTimeout", "ThreadPoolTaskRunner",
+    "flow", "get_run_context", "get_run_logger", "task", "unmapped",
 ]
 
 
@@ -34,6 +38,15 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from ostinato.deploy.context import get_run_context, get_run_logger
+    from ostinato.deploy.dask_runner import DaskTaskRunner
     from ostinato.deploy.deployment import Cron, Deployment, Interval, RRule
-    from ostinato.deploy.flows import Flow, Task, flow, task
+    from ostinato.deploy.engine import TaskFuture
+    from ostinato.deploy.flows import Flow, flow
     from ostinato.deploy.states import StateType
+    from ostinato.deploy.task_runners import (
+        SequentialTaskRunner,
+        TaskRunner,
+        TaskTimeout,
+        ThreadPoolTaskRunner,
+    )
+    from ostinato.deploy.tasks import Task, task, unmapped

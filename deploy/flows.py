@@ -1,21 +1,25 @@
-"""`@flow` and `@task`: decorators that keep functions callable as plain functions.
+"""`@flow`: a function that deployments run, and that other flows call as subflows.
 
-Calling a flow or a task directly runs it in-process, like any function; the decorators add a
-name, retry and timeout policies, and — for flows — a parameter model built from the signature,
-which validates parameters and produces the JSON schema stored with a deployment.
+Calling a flow runs it in-process, like any function (ostinato.deploy.engine records what it
+does when it is part of a run). The decorator adds a name, the retry and timeout policies its
+deployments start from, the task runner for its submitted tasks, and a parameter model built
+from the signature, which validates parameters and produces the JSON schema stored with a
+deployment.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
+from ostinato.deploy import engine
 from ostinato.deploy.errors import InvalidInput
+from ostinato.deploy.task_runners import TaskRunner, ThreadPoolTaskRunner
+from ostinato.deploy.tasks import check_policy
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,17 +30,27 @@ class Flow(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None, retries: int = 0,
                  retry_delay: float = 0.0, timeout: float | None = None,
-                 description: str | None = None) -> None:
+                 description: str | None = None, task_runner: TaskRunner | None = None
+                 ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
+        check_policy(f"flow {self.name!r}", retries, retry_delay, timeout)
         self.retries = retries
         self.retry_delay = retry_delay
         self.timeout = timeout
         self.description = description if description is not None else inspect.getdoc(fn) or ""
+        self.task_runner = task_runner or ThreadPoolTaskRunner()
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
+        return engine.call_flow(self, args, kwargs)
+
+    def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included (as a subflow run shows
+        them); TypeError, as from the call itself, if they do not fit the signature."""
+        bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r})"
@@ -104,52 +118,12 @@ def _parameter_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
 def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 @overload
 def flow(*, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
-         timeout: float | None = None, description: str | None = None
-         ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+         timeout: float | None = None, description: str | None = None,
+         task_runner: TaskRunner | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
-    """Make a function a flow: `@flow` or `@flow(name=…, retries=…, timeout=…)`."""
+    """Make a function a flow: `@flow` or `@flow(name=…, retries=…, timeout=…, task_runner=…)`."""
     if fn is not None:
         return Flow(fn, **options)
     return lambda f: Flow(f, **options)
-
-
-class Task(Generic[P, R]):
-    """A unit of work inside a flow, with its own retries."""
-
-    def __init__(self, fn: Callable[P, R], *, name: str | None = None, retries: int = 0,
-                 retry_delay: float = 0.0, timeout: float | None = None) -> None:
-        self.fn = fn
-        self.name = name or fn.__name__
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.timeout = timeout
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(self.retries + 1):
-            try:
-                return self.fn(*args, **kwargs)
-            except Exception:
-                if attempt == self.retries:
-                    raise
-                time.sleep(self.retry_delay)
-        raise AssertionError("unreachable")
-
-    def __repr__(self) -> str:
-        return f"Task({self.name!r})"
-
-
-@overload
-def task(fn: Callable[P, R], /) -> Task[P, R]: ...
-@overload
-def task(*, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
-         timeout: float | None = None) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
-def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
-    """Make a function a task: `@task` or `@task(retries=…, retry_delay=…)`."""
-    if fn is not None:
-        return Task(fn, **options)
-    return lambda f: Task(f, **options)

@@ -6,6 +6,7 @@ non-standard NaN/Infinity are refused, since PostgreSQL's JSONB can hold neither
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -34,3 +35,19 @@ def storable(value: Any, depth: int = 0) -> Any:
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(storable)]
 JsonValue = Annotated[Any, AfterValidator(storable)]
+
+
+def jsonable(value: Any, cap: int) -> Any:
+    """`value` if the server can store it exactly (JSON it accepts, at most `cap` characters),
+    else its repr cut to `cap`: a result is always shown, and never refused."""
+    try:
+        text = json.dumps(storable(value), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is not None and len(text) <= cap:
+        return value
+    try:
+        shown = repr(value).replace("\x00", "\ufffd")
+    except Exception:  # noqa: BLE001 (a user's __repr__ may raise anything)
+        shown = f"<{type(value).__qualname__} object>"
+    return shown if len(shown) <= cap else shown[:cap - 1] + "…"

@@ -11,11 +11,18 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from ostinato.deploy.jsontypes import JsonValue
+from ostinato.deploy.jsontypes import JsonObject, JsonValue
 from ostinato.deploy.limits import MAX_LOG_BATCH, MAX_LOG_MESSAGE
-from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag
+from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag, UtcDatetime
 from ostinato.deploy.states import StateType
 
 MAX_WAIT_SECONDS = 60
@@ -107,25 +114,36 @@ class StateReport(Strict):
     peak_rss_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
-
 def _without_nul(text: str) -> str:
     """A flow may print anything; PostgreSQL text cannot hold NUL, so it is replaced, not
     refused (refusing would lose the whole batch)."""
     return text.replace("\x00", "\ufffd")
 
 
+Line = Annotated[str, StringConstraints(max_length=255), AfterValidator(_without_nul)]
+NonEmptyLine = Annotated[str, StringConstraints(min_length=1, max_length=255),
+                         AfterValidator(_without_nul)]
+LogText = Annotated[str, StringConstraints(max_length=MAX_LOG_MESSAGE),
+                    AfterValidator(_without_nul)]
+StateName = Annotated[str, StringConstraints(min_length=1, max_length=40),
+                      AfterValidator(_without_nul)]
+FlowName = Annotated[str, StringConstraints(min_length=1, max_length=100),
+                    AfterValidator(_without_nul)]
+Attempt = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
 class LogLine(Strict):
-    """One log line of a run: print() output, stdlib logging, the runner's own notes."""
+    """One log line of a run: print() output, stdlib logging, the runner's own notes.
+
+    `task_run_id` names the task run that logged it; `flow_run_id` the subflow run it belongs
+    to (None: the run the batch is sent for)."""
 
     timestamp: AwareDatetime
     level: Annotated[int, Field(ge=0, le=100)]
-    logger: Annotated[str, StringConstraints(max_length=255), AfterValidator(_without_nul)]
-    message: Annotated[str, StringConstraints(max_length=MAX_LOG_MESSAGE),
-                       AfterValidator(_without_nul)]
-
-
-class LogBatch(Strict):
-    logs: Annotated[list[LogLine], Field(min_length=1, max_length=MAX_LOG_BATCH)]
+    logger: Line
+    message: LogText
+    task_run_id: UUID | None = None
+    flow_run_id: UUID | None = None
 
 
 class LogRecord(LogLine):
@@ -133,6 +151,71 @@ class LogRecord(LogLine):
 
     id: int
     flow_run_id: UUID
+
+
+class StateEntryReport(Strict):
+    """One state a task run or subflow run was in (ostinato.deploy.records.StateEntry)."""
+
+    type: StateType
+    name: StateName
+    timestamp: UtcDatetime
+    attempt: Attempt
+    message: LogText | None
+
+
+History = Annotated[list[StateEntryReport], Field(max_length=1000)]
+
+
+class TaskRunReport(Strict):
+    """A snapshot of a task run (ostinato.deploy.records.TaskRunRecord); the newest wins."""
+
+    id: UUID
+    flow_run_id: UUID
+    name: NonEmptyLine
+    task_key: NonEmptyLine
+    tags: Annotated[list[Tag], Field(max_length=50)]
+    upstream: Annotated[list[UUID], Field(max_length=10_000)]
+    state: StateType
+    state_name: StateName
+    attempt: Attempt
+    start_time: UtcDatetime | None
+    end_time: UtcDatetime | None
+    error: LogText | None
+    result: JsonValue
+    history: History
+
+
+class SubflowReport(Strict):
+    """A snapshot of a subflow run (ostinato.deploy.records.FlowRunRecord): a flow called
+    inside a flow run; the newest wins."""
+
+    id: UUID
+    parent_run_id: UUID
+    flow: FlowName
+    name: NonEmptyLine
+    parameters: JsonObject
+    state: StateType
+    state_name: StateName
+    start_time: UtcDatetime
+    end_time: UtcDatetime | None
+    message: LogText | None
+    result: JsonValue
+    history: History
+
+
+class RunEvents(Strict):
+    """What an agent sends for a run it holds (`POST /api/flow-runs/{id}/events`): log lines
+    and the latest snapshots of task runs and subflow runs, stored in one transaction."""
+
+    logs: Annotated[list[LogLine], Field(max_length=MAX_LOG_BATCH)] = []
+    task_runs: Annotated[list[TaskRunReport], Field(max_length=MAX_LOG_BATCH)] = []
+    flow_runs: Annotated[list[SubflowReport], Field(max_length=MAX_LOG_BATCH)] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RunEvents:
+        if not (self.logs or self.task_runs or self.flow_runs):
+            raise ValueError("a batch needs at least one log line, task run or flow run")
+        return self
 
 
 class ConcurrencyLimitSpec(Strict):

@@ -226,6 +226,7 @@ class FlowRun(BaseModel):
     exit_signal: int | None = None
     cpu_seconds: float | None = None
     peak_rss_bytes: int | None = None
+    parent_run_id: UUID | None = None  # set for a subflow run: the run it was called in
 
 
 class StateRecord(BaseModel):
@@ -236,6 +237,38 @@ class StateRecord(BaseModel):
     timestamp: datetime
     actor: str | None
     attempt: int
+
+
+class TaskRunState(BaseModel):
+    """One state a task run was in; the engine reports them, the server adds only the end of
+    a task run whose flow run ended first."""
+
+    type: StateType
+    name: str
+    timestamp: datetime
+    attempt: int
+    message: str | None
+
+
+class TaskRun(BaseModel):
+    """A task run as its flow run last reported it; `upstream` are the ids of the task runs
+    whose future or result it was called with."""
+
+    id: UUID
+    flow_run_id: UUID
+    name: str
+    task_key: str
+    tags: list[str]
+    upstream: list[UUID]
+    state: StateType
+    state_name: str
+    attempt: int
+    start_time: datetime | None
+    end_time: datetime | None
+    error: str | None
+    result: Any
+    history: list[TaskRunState]
+    created: datetime
 
 
 class WorkQueueFilter(Strict):

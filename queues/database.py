@@ -158,11 +158,17 @@ def json_array_contains(dialect: str, column: ColumnElement[Any], value: str
     return exists(select(1).select_from(elements).where(elements.c.value == value))
 
 
+def dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `table` with the backend's `ON CONFLICT` clauses."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
 def insert_ignoring_duplicates(conn: Connection, table: Table, *unique: str
                                ) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into `table` that skips rows whose `unique` columns match an existing row."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=list(unique))
+    return dialect_insert(conn, table).on_conflict_do_nothing(index_elements=list(unique))
 
 
 def connect(url: str, **engine_options: Any) -> Database:

@@ -1,7 +1,8 @@
 """Flow runs in the store: creating them, moving them between states, reading them back.
 
 Every state change goes through `set_state`/`set_states`, which update the run row and append to
-the state history in the same transaction — the history is never rewritten.
+the state history in the same transaction — the history is never rewritten — and end the
+subflow runs and task runs a failed, crashed or cancelled run leaves behind.
 """
 
 from __future__ import annotations
@@ -14,25 +15,35 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Connection,
     Select,
+    bindparam,
     case,
     func,
     insert,
     literal,
     select,
+    union_all,
     update,
 )
 
 from ostinato.deploy.errors import NotFound
 from ostinato.deploy.schemas import FlowRun, StateRecord
 from ostinato.deploy.states import LATE_NAME, TERMINAL_STATES, StateType
+from ostinato.queues import task_runs
 from ostinato.queues.bulk import insert_runs_ignoring_duplicates
 from ostinato.queues.database import WorkNotice, json_array_contains, mark_work_available
 from ostinato.queues.tables import flow_run_states, flow_runs, new_id, utcnow
+from ostinato.queues.tables import task_runs as task_run_rows
 
 DEFAULT_LATE_AFTER = timedelta(seconds=15)
 _FREEING_SLOTS = TERMINAL_STATES - {StateType.SKIPPED}  # SKIPPED runs never held a slot
+# How a run's unfinished subflow runs and task runs end when it ends in one of these states.
+_CHILDREN_ENDING = {StateType.FAILED: StateType.CANCELLED,
+                    StateType.CANCELLED: StateType.CANCELLED,
+                    StateType.CRASHED: StateType.CRASHED}
+_ENDED = sorted(state.value for state in TERMINAL_STATES)
 MAX_PAGE = 1000
 # What a finished run's holder reports about its end; cleared when the run is retried.
 OUTCOME_FIELDS = ("result", "exit_code", "exit_signal", "cpu_seconds", "peak_rss_bytes")
@@ -152,7 +163,7 @@ def set_states_returning(
     own); returns the moved rows as they are now.
 
     A run going back to SCHEDULED is new work, and a run ending may free a slot under a limit,
-    so both wake the long polls.
+    so both wake the long polls (subflow runs are never claimed, so theirs do not).
     """
     now = utcnow()
     name = name or state.display_name
@@ -164,9 +175,50 @@ def set_states_returning(
     ).all()
     append_history(conn, ((row.id, row.attempt) for row in moved), state, name=name,
                    reason=reason, message=message, actor=actor)
-    if moved and (state is StateType.SCHEDULED or state in _FREEING_SLOTS):
-        mark_work_available(conn, WorkNotice(count=len(moved)))
+    queued = [row for row in moved if row.parent_run_id is None]  # subflow runs hold no slot
+    if queued and (state is StateType.SCHEDULED or state in _FREEING_SLOTS):
+        mark_work_available(conn, WorkNotice(count=len(queued)))
+    end_children(conn, [row.id for row in moved], state, reason=reason, actor=actor, now=now)
     return list(moved)
+
+
+def end_children(conn: Connection, run_ids: list[uuid.UUID], state: StateType, *,
+                 reason: str | None, actor: str | None, now: datetime) -> None:
+    """Runs that ended FAILED, CRASHED or CANCELLED take with them their subflow runs and task
+    runs still going, which nothing would end otherwise (the process that ran them is gone or
+    gave up on them): CRASHED if the runs crashed, else CANCELLED, for the same reason.
+
+    Subflow runs end through `set_states_returning`, so their own children follow. Without
+    children this costs one query on the indexes of `parent_run_id` and `flow_run_id`.
+    """
+    ending = _CHILDREN_ENDING.get(state)
+    if ending is None:
+        return
+    for chunk in _chunks(run_ids, 5000):
+        found = conn.execute(_OPEN_CHILDREN, {"run_ids": chunk}).all()
+        subflows = [row.id for row in found if row.subflow]
+        if subflows:
+            still_open = flow_runs.c.id.in_(subflows) & flow_runs.c.state.not_in(_ENDED)
+            set_states_returning(conn, still_open, ending, reason=reason,
+                                 message=task_runs.ENDED_FIRST, actor=actor, end_time=now)
+        task_run_ids = [row.id for row in found if not row.subflow]
+        if task_run_ids:
+            task_runs.end_open(conn, task_run_ids, ending, now)
+
+
+def _open_children_query() -> CompoundSelect[Any]:
+    """The subflow runs and task runs of the runs `run_ids` that have not ended (built once:
+    every transition to FAILED, CRASHED or CANCELLED runs it)."""
+    run_ids = bindparam("run_ids", expanding=True, type_=flow_runs.c.id.type)
+    f, t = flow_runs.c, task_run_rows.c
+    return union_all(
+        select(f.id, literal(True).label("subflow"))
+        .where(f.parent_run_id.in_(run_ids), f.state.not_in(_ENDED)),
+        select(t.id, literal(False).label("subflow"))
+        .where(t.flow_run_id.in_(run_ids), t.state.not_in(_ENDED)))
+
+
+_OPEN_CHILDREN = _open_children_query()
 
 
 def append_history(
@@ -187,6 +239,12 @@ def append_history(
     ]
     if entries:
         conn.execute(insert(flow_run_states), entries)
+
+
+def require_run(conn: Connection, run_id: uuid.UUID) -> None:
+    """NotFound unless the run exists."""
+    if conn.execute(select(flow_runs.c.id).where(flow_runs.c.id == run_id)).first() is None:
+        raise NotFound(f"flow run {run_id} not found")
 
 
 def get_run(conn: Connection, run_id: uuid.UUID, *, late_after: timedelta = DEFAULT_LATE_AFTER
@@ -227,10 +285,13 @@ def _filtered(query: Select[Any], f: RunFilter, dialect: str) -> Select[Any]:
 
 
 def state_history(conn: Connection, run_id: uuid.UUID) -> list[StateRecord]:
-    """Every state the run has been in, oldest first: its creation, then each transition."""
+    """Every state the run has been in, oldest first: its creation, then each transition.
+
+    A subflow run was never waiting: its history is the states its flow run reported, from
+    its start."""
     c = flow_runs.c
-    run = conn.execute(select(c.created, _creator().label("creator")).where(c.id == run_id)
-                       ).first()
+    run = conn.execute(select(c.created, c.parent_run_id, _creator().label("creator"))
+                       .where(c.id == run_id)).first()
     if run is None:
         raise NotFound(f"flow run {run_id} not found")
     creation = StateRecord(type=StateType.SCHEDULED, name=StateType.SCHEDULED.display_name,
@@ -241,7 +302,8 @@ def state_history(conn: Connection, run_id: uuid.UUID) -> list[StateRecord]:
         .where(flow_run_states.c.flow_run_id == run_id)
         .order_by(flow_run_states.c.id)
     )
-    return [creation, *(StateRecord.model_validate(row._mapping) for row in rows)]
+    reported = [StateRecord.model_validate(row._mapping) for row in rows]
+    return reported if run.parent_run_id else [creation, *reported]
 
 
 def to_schema(row: Any, late_before: datetime) -> FlowRun:
@@ -262,5 +324,5 @@ def run_fields(row: Any, late_before: datetime) -> dict[str, Any]:
         "end_time": row["end_time"], "parameters": row["parameters"], "tags": row["tags"],
         "work_queue": row["work_queue"], "agent": row["agent_name"],
         "auto_scheduled": row["auto_scheduled"], "created": row["created"],
-        **{name: row[name] for name in OUTCOME_FIELDS},
+        "parent_run_id": row["parent_run_id"], **{name: row[name] for name in OUTCOME_FIELDS},
     }

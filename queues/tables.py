@@ -257,6 +257,14 @@ class AgentRow(Base):
 
 
 class TaskRunRow(Base):
+    """The latest snapshot of a task run, as its flow run's engine reported it (upserted by id).
+
+    Its state history is a JSON list in the row, not rows of its own: a snapshot carries the
+    whole history, so storing one is one row write. A run's task runs are read through the
+    `flow_run_id` index and sorted by start time in memory (thousands of rows at most); an
+    index on the start time would cost every snapshot that starts a task run.
+    """
+
     __tablename__ = "task_runs"
     id: Mapped[uuid.UUID] = _id()
     flow_run_id: Mapped[uuid.UUID] = mapped_column(
@@ -264,13 +272,16 @@ class TaskRunRow(Base):
     )
     name: Mapped[str] = mapped_column(String(255))
     task_key: Mapped[str] = mapped_column(String(255))
+    tags: Mapped[list[Any]]
     state: Mapped[str] = mapped_column(String(12))
+    state_name: Mapped[str] = mapped_column(String(40))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     upstream: Mapped[list[Any]]
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    result: Mapped[Any] = mapped_column(Json, nullable=True)
+    history: Mapped[list[Any]]
     created: Mapped[datetime] = _created()
 
 

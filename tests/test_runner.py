@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ostinato.agent.events import MAX_RESULT_CHARS, parse_event
+from ostinato.agent.events import parse_event
+from ostinato.deploy.limits import MAX_RESULT_CHARS
 
 DEADLINE = 30.0
 

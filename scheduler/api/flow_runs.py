@@ -1,5 +1,6 @@
-"""`/api/flow-runs`: list with filters and paging, read one, its state history and logs; a
-holder's state reports and log batches; cancel; explain why a run waits."""
+"""`/api/flow-runs`: list with filters and paging, read one, its state history, task runs and
+logs; a holder's state reports and event batches (logs, task runs, subflow runs); cancel;
+explain why a run waits."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ostinato.deploy.protocol import Explanation, LogBatch, LogRecord, StateReport
-from ostinato.deploy.schemas import FlowRun, StateRecord
+from ostinato.deploy.protocol import Explanation, LogRecord, RunEvents, StateReport
+from ostinato.deploy.schemas import FlowRun, StateRecord, TaskRun
 from ostinato.deploy.states import StateType
-from ostinato.queues import leases, logs, runs
+from ostinato.queues import events, leases, logs, runs, task_runs
 from ostinato.queues.explain import explain as explain_run
 from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, as_utc, late_after
 
@@ -61,11 +62,27 @@ def report(run_id: uuid.UUID, body: StateReport, database: DatabaseDep) -> FlowR
         return leases.report_state(conn, run_id, body, now=datetime.now(UTC))
 
 
-@router.post("/{run_id}/logs", status_code=204)
-def add_logs(run_id: uuid.UUID, body: LogBatch, database: DatabaseDep) -> None:
-    """Store a batch of the run's log lines (sent by the agent running it)."""
+@router.post("/{run_id}/events", status_code=204)
+def add_events(run_id: uuid.UUID, body: RunEvents, database: DatabaseDep) -> None:
+    """Store what the agent running the run sends about it: log lines and the latest snapshots
+    of its task runs and subflow runs. Refused whole (422) if anything in it is not the run's
+    or its subflow runs'."""
     with database.write() as conn:
-        logs.add_logs(conn, run_id, body.logs)
+        events.add_events(conn, run_id, body, now=datetime.now(UTC))
+
+
+@router.get("/{run_id}/task-runs", response_model=list[TaskRun])
+def read_task_runs(
+    run_id: uuid.UUID,
+    database: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=task_runs.MAX_TASK_RUN_PAGE)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[TaskRun]:
+    """The run's own task runs (its subflow runs have theirs), by start time; those not
+    started yet come last."""
+    with database.read() as conn:
+        runs.require_run(conn, run_id)
+        return task_runs.list_task_runs(conn, run_id, limit=limit, offset=offset)
 
 
 @router.get("/{run_id}/logs", response_model=list[LogRecord])
