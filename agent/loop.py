@@ -454,9 +454,7 @@ def _event_batch(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     flow_runs: list[dict[str, Any]] = []
     for entry in entries:
         if events.TASK_RUN in entry:
-            record = entry[events.TASK_RUN]
-            task_runs.pop(record["id"], None)  # keep the order of last snapshots
-            task_runs[record["id"]] = record
+            task_runs[entry[events.TASK_RUN]["id"]] = entry[events.TASK_RUN]
         elif events.FLOW_RUN in entry:
             flow_runs.append(entry[events.FLOW_RUN])
         else:

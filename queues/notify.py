@@ -131,6 +131,9 @@ class WorkNotifier:
         waiter.future.set_result(None)
 
 
+STOP_CHECK_SECONDS = 0.2  # how long `stop()` may wait for the listening thread
+
+
 class PostgresListener:
     """LISTENs for the work notices of other server and scheduler processes on one dedicated
     connection; reconnects with back-off, and wakes everyone after reconnecting, since notices
@@ -170,7 +173,7 @@ class PostgresListener:
             conn.execute(f"LISTEN {WORK_CHANNEL}")
             self._notifier.notify()
             while not self._stopping.is_set():
-                for message in conn.notifies(timeout=1.0):
+                for message in conn.notifies(timeout=STOP_CHECK_SECONDS):
                     sender, notice = WorkNotice.parse(message.payload)
                     if sender != self._own_tag:
                         self._notifier.notify(notice)
