@@ -322,7 +322,9 @@ def test_an_upstream_failure_fails_its_downstream_without_running_it() -> None:
 
     @flow
     def chain() -> None:
-        downstream.submit(broken.submit()).result()
+        failing = broken.submit()
+        assert failing.wait(timeout=5) and failing.done()  # waits without raising
+        downstream.submit(failing).result()
 
     recorded = Recorded()
     with pytest.raises(ValueError, match="no data"):
