@@ -87,8 +87,8 @@ class EventPipe:
 
 
 class PipeRecorder:
-    """The flow run's task-run and subflow records, sent to the agent as they change; logs
-    name the task run and subflow run that wrote them (`attribution`)."""
+    """The flow run's task-run and subflow records, sent to the agent as they change, and its
+    log lines, attributed."""
 
     def __init__(self, pipe: EventPipe, run_id: str) -> None:
         self._pipe = pipe
@@ -100,13 +100,13 @@ class PipeRecorder:
     def flow_run(self, record: FlowRunRecord) -> None:
         self._pipe.emit(events.FLOW_RUN, record=record)
 
-    def attribution(self) -> dict[str, str]:
-        """The fields of a log event written here: its task run, its subflow run."""
+    def log(self, level: int, logger: str, message: str, time: str | None = None) -> None:
+        """A log line, naming the task run and subflow run of the thread that wrote it."""
         flow_run_id, task_run_id = engine.current_ids()
-        fields = {"task_run_id": task_run_id} if task_run_id else {}
+        ids = {"task_run_id": task_run_id} if task_run_id else {}
         if flow_run_id and flow_run_id != self._run_id:
-            fields["flow_run_id"] = flow_run_id
-        return fields
+            ids["flow_run_id"] = flow_run_id
+        self._pipe.emit(events.LOG, time, level=level, logger=logger, message=message, **ids)
 
 
 class LineStream:
@@ -116,10 +116,8 @@ class LineStream:
     the process's own stdout and stderr as well.
     """
 
-    def __init__(self, recorder: PipeRecorder, pipe: EventPipe, logger: str, level: int,
-                 real: Any) -> None:
-        self._recorder, self._pipe = recorder, pipe
-        self._logger, self._level, self._real = logger, level, real
+    def __init__(self, recorder: PipeRecorder, logger: str, level: int, real: Any) -> None:
+        self._recorder, self._logger, self._level, self._real = recorder, logger, level, real
         self._partial = ""
         self._lock = threading.Lock()
         self.encoding = "utf-8"
@@ -142,8 +140,7 @@ class LineStream:
             self._partial = ""
 
     def _send(self, line: str) -> None:
-        self._pipe.emit(events.LOG, level=self._level, logger=self._logger, message=line,
-                        **self._recorder.attribution())
+        self._recorder.log(self._level, self._logger, line)
 
     def flush(self) -> None:
         pass
@@ -161,9 +158,9 @@ class LineStream:
 class EventHandler(logging.Handler):
     """Stdlib logging records, from any logger, as log events."""
 
-    def __init__(self, recorder: PipeRecorder, pipe: EventPipe) -> None:
+    def __init__(self, recorder: PipeRecorder) -> None:
         super().__init__(logging.INFO)
-        self._recorder, self._pipe = recorder, pipe
+        self._recorder = recorder
         self.setFormatter(logging.Formatter("%(message)s"))  # appends exception tracebacks
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -173,17 +170,16 @@ class EventHandler(logging.Handler):
             self.handleError(record)
             return
         time = datetime.fromtimestamp(record.created, UTC).isoformat()
-        self._pipe.emit(events.LOG, time, level=record.levelno, logger=record.name,
-                        message=message, **self._recorder.attribution())
+        self._recorder.log(record.levelno, record.name, message, time)
 
 
-def capture_output(recorder: PipeRecorder, pipe: EventPipe) -> list[LineStream]:
+def capture_output(recorder: PipeRecorder) -> list[LineStream]:
     """Send logging and Python-level stdout/stderr to the pipe; returns the streams to finish."""
     root = logging.getLogger()
-    root.addHandler(EventHandler(recorder, pipe))
+    root.addHandler(EventHandler(recorder))
     root.setLevel(logging.INFO)
-    out = LineStream(recorder, pipe, events.STDOUT_LOGGER, events.STDOUT_LEVEL, sys.stdout)
-    err = LineStream(recorder, pipe, events.STDERR_LOGGER, events.STDERR_LEVEL, sys.stderr)
+    out = LineStream(recorder, events.STDOUT_LOGGER, events.STDOUT_LEVEL, sys.stdout)
+    err = LineStream(recorder, events.STDERR_LOGGER, events.STDERR_LEVEL, sys.stderr)
     sys.stdout, sys.stderr = out, err
     return [out, err]
 
@@ -283,7 +279,7 @@ def user_frames(tb: TracebackType | None) -> TracebackType | None:
 def run(spec: events.RunSpec, pipe: EventPipe) -> int:
     """Load, check, call: the exit status after exactly one terminal event."""
     recorder = PipeRecorder(pipe, spec["flow_run_id"])
-    streams = capture_output(recorder, pipe)
+    streams = capture_output(recorder)
     try:
         flow = load_flow(spec["entrypoint"])
         parameters = coerce_parameters(flow, spec["parameters"])
