@@ -200,16 +200,14 @@ class TaskRun:
             return _resolve(self.args, 0), _resolve(self.kwargs, 0)
         except BaseException as exc:
             self.move("FAILED", "UpstreamFailed", end_time=now(),
-                      message=f"an upstream task run failed: {type(exc).__name__}: {exc}"[
-                          :MAX_LOG_MESSAGE])
+                      message=f"an upstream task run failed: {_one_line(exc)}")
             raise
 
     def _attempts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         task, retries = self.task, self.task.retries
         for attempt in range(1, retries + 2):
-            started = now()
             self.move("RUNNING", "Running", attempt=attempt,
-                      start_time=self.record["start_time"] or started)
+                      start_time=self.record["start_time"] or now())
             try:
                 result = self.call.runner.invoke(task.fn, args, kwargs, timeout=task.timeout,
                                                  name=self.name)
