@@ -226,9 +226,11 @@ def test_cancelling_a_run_ends_its_whole_process_tree(server: RunningServer, pro
     assert (run["state"], run["reason"]) == ("CANCELLED", "cancelled_by_user"), output
     assert run["history"][-3:] == ["RUNNING", "CANCELLING", "CANCELLED"]
     sigterm_to_sigkill = deaths["deaf"] - deaths["sleeper"]
-    if deaf:  # the group's SIGTERM ended the sleeper; the rest waited for SIGKILL
-        assert sigterm_to_sigkill >= GRACE - 0.25, f"SIGKILL came {sigterm_to_sigkill:.2f} s " \
-                                                  f"after SIGTERM, before the {GRACE} s grace"
+    # The group's SIGTERM ended the sleeper; the rest waited for SIGKILL. Deaths are seen by
+    # polling, late on a loaded machine: half the grace tells a wait from an immediate kill.
+    if deaf:
+        assert sigterm_to_sigkill >= GRACE / 2, f"SIGKILL came {sigterm_to_sigkill:.2f} s " \
+                                                f"after SIGTERM, before the {GRACE} s grace"
     print(f"tree gone {max(deaths.values()) - cancelled:.2f} s after the cancel; "
           f"SIGTERM to last death {sigterm_to_sigkill:.2f} s")
 

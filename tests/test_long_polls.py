@@ -112,7 +112,8 @@ def test_prefetch_hands_out_a_run_before_its_time(server: RunningServer, agent: 
 
 def test_idle_polls_hold_no_thread_and_no_connection(server: RunningServer, agent: str,
                                                       pool: ThreadPoolExecutor) -> None:
-    polls = [pool.submit(_claim, server, agent, wait_seconds=6) for _ in range(100)]
+    # Long enough that none ends while a loaded machine is still registering the others.
+    polls = [pool.submit(_claim, server, agent, wait_seconds=12) for _ in range(100)]
     connections = server.database.engine.pool
     # Registered, tried once, and now waiting with no connection checked out.
     _until(lambda: _waiting(server) == 100 and connections.checkedout() == 0,  # type: ignore
