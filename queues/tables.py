@@ -308,6 +308,24 @@ class BundleRow(Base):
     created: Mapped[datetime] = _created()
 
 
+class ApiKeyRow(Base):
+    """An API key: its public id and the SHA-256 of its secret, never the secret itself.
+
+    Secrets are 256 random bits, so a fast hash is as safe as a slow one and keeps checking a
+    key cheap on every request.
+    """
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(10))
+    queues: Mapped[list[Any]]
+    expires: Mapped[datetime | None]
+    revoked: Mapped[datetime | None]
+    created: Mapped[datetime] = _created()
+
+
 def _table(row_class: type[Base]) -> Table:
     return cast(Table, row_class.__table__)
 
@@ -324,3 +342,4 @@ agents = _table(AgentRow)
 task_runs = _table(TaskRunRow)
 logs = _table(LogRow)
 bundles = _table(BundleRow)
+api_keys = _table(ApiKeyRow)
