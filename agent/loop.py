@@ -45,7 +45,7 @@ from ostinato.deploy.errors import (
     NotFound,
     OstinatoError,
 )
-from ostinato.deploy.limits import MAX_LOG_BATCH, MAX_LOG_MESSAGE
+from ostinato.deploy.limits import MAX_LOG_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ class Agent:
                         len(lines), exc)
         held.log.sent(position)
         held.ship_failures = 0
-        held.backlog = len(lines) >= MAX_LOG_BATCH
+        held.backlog = held.log.full
         return True
 
     def _ship_all(self, held: _Held) -> None:

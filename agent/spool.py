@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ostinato.deploy.limits import MAX_LOG_BATCH
+from ostinato.deploy.limits import MAX_BATCH_BYTES, MAX_LOG_BATCH
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DROPPED_LOGGER = "ostinato.agent"
@@ -38,6 +38,7 @@ class RunLog:
         self._sent = 0  # of which the server has this many
         self._dropped = 0  # lines refused since the cap was reached, not yet reported
         self._noted = 0  # of which the last batch reported this many
+        self.full = False  # the last batch stopped at a cap: lines were left for the next
 
     def append(self, line: dict[str, Any]) -> None:
         data = json.dumps(line).encode() + b"\n"
@@ -52,14 +53,21 @@ class RunLog:
             self._size += len(data)
 
     def batch(self) -> tuple[list[dict[str, Any]], int]:
-        """Up to one API batch of unsent lines, and the position to confirm with `sent`."""
+        """Up to one API batch of unsent lines, and the position to confirm with `sent`.
+
+        A batch holds at most MAX_LOG_BATCH lines and stops growing once it passes
+        MAX_BATCH_BYTES, so it stays far below the server's cap on an event batch's body."""
         with self._lock:
             self._file.flush()
             self._file.seek(self._sent)
             lines: list[dict[str, Any]] = []
-            while len(lines) < MAX_LOG_BATCH and (raw := self._file.readline()):
+            size = 0
+            while (len(lines) < MAX_LOG_BATCH and size < MAX_BATCH_BYTES
+                   and (raw := self._file.readline())):
                 lines.append(json.loads(raw))
+                size += len(raw)
             position = self._file.tell()
+            self.full = position < self._size
             self._noted = self._dropped if position == self._size else 0
             if self._noted and len(lines) < MAX_LOG_BATCH:
                 lines.append(self._dropped_note())

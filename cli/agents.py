@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ostinato.cli import output
+from ostinato.cli import output, services
 from ostinato.cli.output import JsonFlag
 
 app = output.new_app("Agents: the processes that take runs from work queues and run them.")
+app.command("install-service")(services.install_service)
 
 AGENT_COLUMNS: list[output.Column] = [
     ("NAME", lambda a: a["name"]),
@@ -38,6 +40,10 @@ def start(
     api: Annotated[str | None, typer.Option(
         metavar="URL", help="The server's API (default: OSTINATO_API_URL).",
         show_default=False)] = None,
+    ca_bundle: Annotated[Path | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="Trust these CA certificates (PEM) for an https:// API, e.g. a private CA "
+             "(default: OSTINATO_CA_BUNDLE, else the public CAs of certifi).")] = None,
     name: Annotated[str | None, typer.Option(
         metavar="NAME", help="The agent's name (default: HOST-PID).", show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, max=100, metavar="N",
@@ -60,8 +66,9 @@ def start(
     from ostinato.agent.loop import Agent, AgentOptions, default_name
     from ostinato.deploy.client import Client
 
-    settings = output.load_settings(**({"api_url": api} if api else {}))
-    client = Client(settings.api_url, settings.api_key or "")
+    given = {"api_url": api, "ca_bundle": ca_bundle}
+    settings = output.load_settings(**{k: v for k, v in given.items() if v is not None})
+    client = Client(settings.api_url, settings.api_key or "", ca_bundle=settings.ca_bundle)
     options = AgentOptions(queues=queue, name=name or default_name(), limit=limit,
                            prefetch=prefetch, cancel_grace=settings.cancel_grace_seconds,
                            drain_timeout=drain_timeout, spool_root=settings.home / "spool")

@@ -16,9 +16,11 @@ from ostinato.cli import (
     db,
     deployments,
     flow_runs,
+    notifications,
     output,
     scheduler,
     server,
+    tokens,
     up,
     work_queues,
 )
@@ -35,6 +37,8 @@ app.add_typer(work_queues.app, name="work-queue")
 app.add_typer(agents.app, name="agent")
 app.add_typer(flow_runs.app, name="flow-run")
 app.add_typer(concurrency_limits.app, name="concurrency-limit")
+app.add_typer(notifications.app, name="notification")
+app.add_typer(tokens.app, name="token")
 app.add_typer(db.app, name="db")
 
 

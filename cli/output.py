@@ -67,13 +67,14 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def client() -> Client:
-    """The API client for OSTINATO_API_URL (and OSTINATO_API_KEY); use it as a context manager."""
+    """The API client for OSTINATO_API_URL (with OSTINATO_API_KEY and OSTINATO_CA_BUNDLE); use
+    it as a context manager."""
     settings = load_settings()
     with _hidden(_UNUSED_EXTRAS):
         from ostinato.deploy.client import Client
 
         # "" means no key; None would make Client read the settings a second time.
-        return Client(settings.api_url, settings.api_key or "")
+        return Client(settings.api_url, settings.api_key or "", ca_bundle=settings.ca_bundle)
 
 
 _UNUSED_EXTRAS = ("click", "trio")
@@ -123,6 +124,9 @@ def log_to_stderr(level: str) -> None:
 
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per loop pass is noise
+    # httpx logs every request's URL at INFO: noise for agents, and a webhook's URL is often
+    # its secret (Slack and the like put the token in the path).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def on_stop_signals(stop: Callable[[], None]) -> None:

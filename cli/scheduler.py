@@ -33,15 +33,20 @@ def start(
 
     from ostinato.queues.database import connect
     from ostinato.queues.migrate import upgrade
+    from ostinato.queues.retention import Retention
     from ostinato.scheduler.loops import SchedulerLoops
+    from ostinato.scheduler.webhooks import WebhookPolicy
 
     database = connect(settings.effective_database_url)
     upgrade(database)
+    webhooks = WebhookPolicy.from_settings(settings)
+    retention = Retention.from_settings(settings)
     if once:
-        for line in SchedulerLoops(database).run_once():
+        for line in SchedulerLoops(database, webhooks=webhooks, retention=retention).run_once():
             print(line)
         return
-    loops = SchedulerLoops(database, interval=settings.scheduler_interval_seconds)
+    loops = SchedulerLoops(database, interval=settings.scheduler_interval_seconds,
+                           webhooks=webhooks, retention=retention)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: loops.stop())
     loops.start()

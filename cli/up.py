@@ -72,17 +72,21 @@ def _local_agent(settings: Settings, limit: int, drain_timeout: float) -> Agent:
     from ostinato.agent.loop import Agent, AgentOptions
     from ostinato.deploy.client import Client
 
-    client = Client(_local_api_url(settings.host, settings.port), settings.api_key or "")
+    client = Client(_local_api_url(settings), settings.api_key or "",
+                    ca_bundle=settings.ca_bundle)
     options = AgentOptions(queues=[DEFAULT_QUEUE], limit=limit, drain_timeout=drain_timeout,
                            cancel_grace=settings.cancel_grace_seconds,
                            spool_root=settings.home / "spool")
     return Agent(client, options, BundleCache(settings.home / "bundles", client))
 
 
-def _local_api_url(host: str, port: int) -> str:
-    """Where a client on this machine reaches a server listening on `host`."""
-    host = _LOOPBACK.get(host, host)
-    return f"http://[{host}]:{port}/api" if ":" in host else f"http://{host}:{port}/api"
+def _local_api_url(settings: Settings) -> str:
+    """Where a client on this machine reaches the server the settings describe (over HTTPS if
+    it has a certificate, which must then name this address)."""
+    host = _LOOPBACK.get(settings.host, settings.host)
+    scheme = "https" if settings.ssl_certfile else "http"
+    address = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{address}:{settings.port}/api"
 
 
 def _prepare(client: Client, flow_files: list[Path]) -> None:

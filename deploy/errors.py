@@ -52,6 +52,18 @@ class Unauthorized(OstinatoError, PermissionError):
     status_code = 401
 
 
+class Forbidden(OstinatoError, PermissionError):
+    """Valid credentials that do not allow this request (its scope or queues)."""
+
+    status_code = 403
+
+
+class TooManyRequests(OstinatoError):
+    """Too many failed authentications from one address: refused for a while."""
+
+    status_code = 429
+
+
 class ServerUnreachable(OstinatoError, ConnectionError):
     """The API could not be reached at all (refused, timed out, DNS)."""
 
@@ -70,7 +82,8 @@ TRANSIENT_ERRORS = (ServerUnreachable, ServerError)  # worth retrying as they ar
 
 _BY_STATUS: dict[int, type[OstinatoError]] = {
     cls.status_code: cls
-    for cls in (NotFound, Conflict, InvalidInput, PayloadTooLarge, Unauthorized)
+    for cls in (NotFound, Conflict, InvalidInput, PayloadTooLarge, Unauthorized, Forbidden,
+                TooManyRequests)
 }
 
 

@@ -1,7 +1,8 @@
 """JSON values the API accepts: what every backend can store and serialise back.
 
 Objects are capped in depth (nothing legitimate nests deeper); NUL characters and the
-non-standard NaN/Infinity are refused, since PostgreSQL's JSONB can hold neither.
+non-standard NaN/Infinity are refused, since PostgreSQL's JSONB can hold neither. Parameters are
+also capped in size: each run stores a copy and every listing of runs returns it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
+
+from ostinato.deploy.limits import MAX_PARAMETERS_BYTES
 
 MAX_JSON_DEPTH = 32
 
@@ -33,8 +36,18 @@ def storable(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def within_parameters_cap(value: dict[str, Any]) -> dict[str, Any]:
+    """`value` if its compact JSON fits MAX_PARAMETERS_BYTES; ValueError saying its size if not."""
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_PARAMETERS_BYTES:
+        raise ValueError(f"{size} bytes as JSON, over the {MAX_PARAMETERS_BYTES}-byte cap")
+    return value
+
+
 JsonObject = Annotated[dict[str, Any], AfterValidator(storable)]
 JsonValue = Annotated[Any, AfterValidator(storable)]
+# Flow parameters (a deployment's, a schedule's, a manual run's) and the schema describing them.
+Parameters = Annotated[JsonObject, AfterValidator(within_parameters_cap)]
 
 
 def jsonable(value: Any, cap: int) -> Any:

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from ostinato.deploy.jsontypes import JsonObject, JsonValue
-from ostinato.deploy.limits import MAX_LOG_BATCH, MAX_LOG_MESSAGE
+from ostinato.deploy.limits import MAX_BIGINT, MAX_LOG_BATCH, MAX_LOG_MESSAGE
 from ostinato.deploy.schemas import FlowRun, Name, Strict, Tag, UtcDatetime
 from ostinato.deploy.states import StateType
 
@@ -29,6 +29,8 @@ MAX_WAIT_SECONDS = 60
 AgentName = Annotated[str, StringConstraints(pattern=r"^[^\s\x00]{1,200}$")]
 Host = Annotated[str, StringConstraints(pattern=r"^[^\s\x00]{1,255}$")]
 Message = Annotated[str, StringConstraints(max_length=100_000)]
+# A larger number than a BIGINT column holds would fail in the store, not here.
+FencingToken = Annotated[int, Field(ge=0, le=MAX_BIGINT)]
 
 
 class AgentRegistration(Strict):
@@ -73,7 +75,7 @@ class HeldRun(Strict):
     """A run an agent holds, named with the fencing token its claim returned."""
 
     id: UUID
-    fencing_token: int
+    fencing_token: FencingToken
 
 
 class Heartbeat(Strict):
@@ -103,15 +105,15 @@ class StateReport(Strict):
     how a finished run's process tree ended and what it used."""
 
     state: StateType
-    fencing_token: int
+    fencing_token: FencingToken
     reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}$")] | None = None
     message: Message | None = None
     time: AwareDatetime | None = None
     result: JsonValue = None
     exit_code: Annotated[int, Field(ge=0, le=255)] | None = None
     exit_signal: Annotated[int, Field(ge=1, le=128)] | None = None
-    cpu_seconds: Annotated[float, Field(ge=0)] | None = None
-    peak_rss_bytes: Annotated[int, Field(ge=0)] | None = None
+    cpu_seconds: Annotated[float, Field(ge=0, le=1e12)] | None = None
+    peak_rss_bytes: Annotated[int, Field(ge=0, le=MAX_BIGINT)] | None = None
 
 
 def _without_nul(text: str) -> str:

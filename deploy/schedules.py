@@ -47,7 +47,7 @@ from pydantic import (
 
 from ostinato.deploy.cronfields import check_cron, cron_walls, expand_cron
 from ostinato.deploy.errors import InvalidInput
-from ostinato.deploy.jsontypes import JsonObject
+from ostinato.deploy.jsontypes import Parameters
 from ostinato.deploy.walltime import (
     Instant,
     Resolver,
@@ -160,14 +160,14 @@ class ScheduleBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timezone: str = "UTC"
+    timezone: Annotated[str, Field(max_length=100)] = "UTC"
     active: bool = True
     slug: str = ""  # empty: derived from the definition (see derived_slug)
     start: datetime | None = None
     end: datetime | None = None
-    max_runs: int | None = Field(default=None, ge=1)
+    max_runs: int | None = Field(default=None, ge=1, le=1_000_000_000)
     jitter: timedelta = timedelta(0)
-    parameters: JsonObject = Field(default_factory=dict)
+    parameters: Parameters = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -266,7 +266,7 @@ class Cron(ScheduleBase):
     """A 5-field cron expression (or @daily & co.), read in the schedule's timezone."""
 
     kind: Literal["cron"] = "cron"
-    cron: str
+    cron: Annotated[str, Field(max_length=1000)]
     on_gap: Literal["shift", "skip"] = "shift"
     on_fold: Literal["first", "second", "both"] = "first"
 
@@ -371,7 +371,7 @@ class RRule(ScheduleBase):
     """An RFC 5545 recurrence rule (dateutil); DTSTART defaults to 2020-01-01 00:00 local."""
 
     kind: Literal["rrule"] = "rrule"
-    rrule: str
+    rrule: Annotated[str, Field(max_length=10_000)]
 
     def __init__(self, rrule: str | None = None, /, **data: Any) -> None:
         if rrule is not None:

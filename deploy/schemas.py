@@ -7,6 +7,7 @@ message, never a 500 from deeper down.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from ostinato.deploy.jsontypes import JsonObject
+from ostinato.deploy.jsontypes import JsonObject, Parameters
 from ostinato.deploy.schedules import Schedule, within_supported_years
 from ostinato.deploy.states import StateType
 
@@ -31,6 +32,9 @@ Tag = Annotated[str, StringConstraints(pattern=r"^[^\s,\x00]{1,100}$")]
 DeploymentName = Annotated[str, StringConstraints(pattern=r"^[^/\s]{1,100}/[^/\s]{1,100}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Seconds = Annotated[float, Field(ge=0, le=366 * 86400)]
+# What an agent can put in a process's environment (no `=` in a name, no NUL anywhere).
+EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]{1,255}$")]
+EnvValue = Annotated[str, StringConstraints(max_length=32 * 1024, pattern=r"^[^\x00]*$")]
 def _to_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
@@ -73,11 +77,12 @@ class DeploymentSpec(Strict):
 
     flow: Name
     name: Name
-    entrypoint: Annotated[str, StringConstraints(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_.]*$")]
+    entrypoint: Annotated[str, StringConstraints(max_length=1000,
+                                                 pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_.]*$")]
     bundle: Sha256 | None = None
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
-    parameters: JsonObject = {}
-    parameter_schema: JsonObject = {}
+    parameters: Parameters = {}
+    parameter_schema: Parameters = {}
     tags: Annotated[list[Tag], Field(max_length=50)] = []
     schedules: Annotated[list[Schedule], Field(max_length=50)] = []
     paused: bool = False
@@ -86,9 +91,9 @@ class DeploymentSpec(Strict):
     misfire_grace: Seconds = 300.0
     retries: Annotated[int, Field(ge=0, le=100)] = 0
     retry_delay: Seconds = 0.0
-    retry_on: list[RetryOn] = ["failure", "crash"]
+    retry_on: Annotated[list[RetryOn], Field(max_length=3)] = ["failure", "crash"]
     timeout: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
-    env: dict[str, str] = {}
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=200)] = {}
     description: Annotated[str, StringConstraints(max_length=10_000)] = ""
 
     @field_validator("parameter_schema")
@@ -116,7 +121,7 @@ class DeploymentSpec(Strict):
 class DeploymentUpdate(Strict):
     """A partial edit; fields left out keep their value."""
 
-    parameters: JsonObject | None = None
+    parameters: Parameters | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] | None = None
     schedules: Annotated[list[Schedule], Field(max_length=50)] | None = None
     overlap: OverlapPolicy | None = None
@@ -165,7 +170,7 @@ class ApplyResult(BaseModel):
 class ManualRunRequest(Strict):
     """A run now, at a given time, or after a delay measured on the server's clock."""
 
-    parameters: JsonObject = {}
+    parameters: Parameters = {}
     scheduled_time: UtcDatetime | None = None
     start_in: Seconds | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] = []
@@ -330,3 +335,46 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     database: Literal["sqlite", "postgresql"]
+
+
+class Scope(StrEnum):
+    """What an API key may do: everything, an agent's work for its queues, or only read."""
+
+    ADMIN = "admin"
+    AGENT = "agent"
+    READ = "read"
+
+
+class TokenRequest(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    scope: Scope
+    queues: Annotated[list[Name], Field(max_length=50)] = []
+    expires_in: Annotated[float | None, Field(gt=0, le=10 * 366 * 86400)] = None  # seconds
+
+    @model_validator(mode="after")
+    def _queues_only_for_agents(self) -> TokenRequest:
+        if self.scope is Scope.AGENT and not self.queues:
+            raise ValueError("an agent key needs the queues it may claim from (--queue)")
+        if self.scope is not Scope.AGENT and self.queues:
+            raise ValueError(f"a {self.scope} key is not limited to queues; drop --queue")
+        return self
+
+
+TokenStatus = Literal["active", "expired", "revoked"]
+
+
+class Token(BaseModel):
+    """An API key as listed: never its secret."""
+
+    id: str
+    name: str
+    scope: Scope
+    queues: list[str]
+    created: datetime
+    expires: datetime | None
+    revoked: datetime | None
+    status: TokenStatus
+
+
+class CreatedToken(Token):
+    key: str  # shown once, at creation: the server keeps only its hash

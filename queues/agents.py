@@ -41,6 +41,12 @@ def get(conn: Connection, name: str, now: datetime, online_for: timedelta) -> Ag
     return found[0]
 
 
+def registered_queues(conn: Connection, *where: Any) -> list[str]:
+    """The queues of the agent the condition picks (none if there is no such agent)."""
+    queues: list[str] | None = conn.execute(select(agents.c.queues).where(*where)).scalar()
+    return queues or []
+
+
 def list_agents(conn: Connection, now: datetime, online_for: timedelta) -> list[Agent]:
     return _listed(conn, now, online_for)
 

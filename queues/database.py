@@ -33,7 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
+
+from ostinato.deploy.errors import InvalidInput
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -172,15 +175,23 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, *unique: str
 
 
 def connect(url: str, **engine_options: Any) -> Database:
-    """Open a database by URL; a SQLite file's folder is created if missing."""
-    parsed = make_url(url)
+    """Open a database by URL; a SQLite file's folder is created if missing.
+
+    The URL travels as an object, never as a string: `str()` of one masks its password.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # some SQLAlchemy versions quote the URL, password and all
+        raise InvalidInput("the database URL is not a URL such as "
+                           "postgresql://user:password@host/database") from None
     if parsed.get_backend_name() == "sqlite":
         return _connect_sqlite(url, engine_options)
     if parsed.drivername == "postgresql":
-        url = str(parsed.set(drivername="postgresql+psycopg"))
+        parsed = parsed.set(drivername="postgresql+psycopg")
     # As many connections as the API has worker threads (40), so a busy server queues requests
     # on threads, not on the pool.
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, **engine_options)
+    engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=30,
+                           **engine_options)
     return Database(engine)
 
 

@@ -247,6 +247,15 @@ def require_run(conn: Connection, run_id: uuid.UUID) -> None:
         raise NotFound(f"flow run {run_id} not found")
 
 
+def work_queue_of(conn: Connection, run_id: uuid.UUID) -> str | None:
+    """The queue the run was claimed through (None if no queue claimed it)."""
+    row = conn.execute(select(flow_runs.c.work_queue).where(flow_runs.c.id == run_id)).first()
+    if row is None:
+        raise NotFound(f"flow run {run_id} not found")
+    queue: str | None = row.work_queue
+    return queue
+
+
 def get_run(conn: Connection, run_id: uuid.UUID, *, late_after: timedelta = DEFAULT_LATE_AFTER
             ) -> FlowRun:
     row = conn.execute(select(flow_runs).where(flow_runs.c.id == run_id)).first()

@@ -168,6 +168,10 @@ class FlowRunRow(Base):
         *(Index(f"ix_flow_runs_{name}", name, postgresql_where=text(f"{name} IS NOT NULL"),
                 sqlite_where=text(f"{name} IS NOT NULL"))
           for name in ("lease_expires", "agent_id", "parent_run_id")),
+        # Ended runs by state and end: notifications look for the runs that just FAILED.
+        Index("ix_flow_runs_state_end_time", "state", "end_time",
+              postgresql_where=text("end_time IS NOT NULL"),
+              sqlite_where=text("end_time IS NOT NULL")),
     )
     id: Mapped[uuid.UUID] = _id()
     name: Mapped[str] = mapped_column(String(255))
@@ -326,6 +330,47 @@ class ApiKeyRow(Base):
     created: Mapped[datetime] = _created()
 
 
+class NotificationRow(Base):
+    """A webhook rule: runs of a deployment or tag (or any run) that reach one of `states`, or
+    stay late `late_after` seconds, are posted to `webhook`."""
+
+    __tablename__ = "notifications"
+    id: Mapped[uuid.UUID] = _id()
+    states: Mapped[list[Any]]
+    late_after: Mapped[float | None] = mapped_column(Float)
+    deployment: Mapped[str | None] = mapped_column(String(201))
+    tag: Mapped[str | None] = mapped_column(String(100))
+    webhook: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = _created()
+
+
+class NotificationDeliveryRow(Base):
+    """One document about one run for one rule, and how sending it went.
+
+    Unique per (rule, run, event), so repeated passes and several servers never make two.
+    `next_attempt_at` is set while the delivery is pending and cleared once it is delivered or
+    failed, so the index holds only what may still be sent.
+    """
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (UniqueConstraint("notification_id", "flow_run_id", "event"),)
+    id: Mapped[uuid.UUID] = _id()
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE"))
+    flow_run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(10))
+    state: Mapped[str] = mapped_column(String(12))
+    document: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    created: Mapped[datetime] = _created()
+
+
 def _table(row_class: type[Base]) -> Table:
     return cast(Table, row_class.__table__)
 
@@ -343,3 +388,5 @@ task_runs = _table(TaskRunRow)
 logs = _table(LogRow)
 bundles = _table(BundleRow)
 api_keys = _table(ApiKeyRow)
+notifications = _table(NotificationRow)
+notification_deliveries = _table(NotificationDeliveryRow)

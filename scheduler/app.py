@@ -14,6 +14,7 @@ from ostinato.deploy.settings import Settings
 from ostinato.queues.database import Database, connect
 from ostinato.queues.migrate import upgrade
 from ostinato.queues.notify import PostgresListener, WorkNotifier
+from ostinato.queues.retention import Retention
 from ostinato.scheduler.api import (
     agents,
     bundles,
@@ -21,10 +22,17 @@ from ostinato.scheduler.api import (
     deployments,
     errors,
     flow_runs,
+    notifications,
+    tokens,
     work_queues,
 )
 from ostinato.scheduler.api.dependencies import DatabaseDep
+from ostinato.scheduler.auth import Authorized, FailedAuthentications, announce
+from ostinato.scheduler.body_limit import BodyLimit
 from ostinato.scheduler.loops import SchedulerLoops
+from ostinato.scheduler.metrics import Metrics
+from ostinato.scheduler.metrics import router as metrics_router
+from ostinato.scheduler.webhooks import WebhookPolicy
 
 health = APIRouter(tags=["health"])
 
@@ -65,11 +73,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         app.state.database = db = database or connect(settings.effective_database_url)
-        loops = SchedulerLoops(db, interval=settings.scheduler_interval_seconds)
+        loops = SchedulerLoops(db, interval=settings.scheduler_interval_seconds,
+                               metrics=app.state.metrics,
+                               webhooks=WebhookPolicy.from_settings(settings),
+                               retention=Retention.from_settings(settings))
         try:
             if owned:
                 upgrade(db)
-            with _waking_long_polls(app, db):
+            announce(db, settings)
+            with _waking_long_polls(app, db), app.state.metrics.watching(db, settings):
                 if settings.run_scheduler:
                     loops.start()
                 yield
@@ -81,8 +93,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app = FastAPI(title="Ostinato", version=version("ostinato"), lifespan=lifespan,
                   docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
     app.state.settings = settings
-    for router in (health, deployments.router, flow_runs.router, work_queues.router,
-                   bundles.router, agents.router, concurrency_limits.router):
-        app.include_router(router, prefix="/api")
+    app.state.metrics = Metrics()
+    app.state.failed_authentications = FailedAuthentications()
+    app.include_router(health, prefix="/api")  # open: load balancers probe it without a key
+    for router in (deployments.router, flow_runs.router, work_queues.router, bundles.router,
+                   agents.router, concurrency_limits.router, tokens.router,
+                   notifications.router):
+        app.include_router(router, prefix="/api", dependencies=[Authorized])
+    # At /metrics, where Prometheus looks by default; read keys may scrape it.
+    app.include_router(metrics_router, dependencies=[Authorized])
     errors.install(app)
+    app.add_middleware(BodyLimit)  # caps every body before a route parses it
     return app

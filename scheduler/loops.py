@@ -1,5 +1,6 @@
-"""The scheduler's periodic loops, on APScheduler: materialising runs, catching up, and reaping
-claims whose lease expired.
+"""The scheduler's periodic loops, on APScheduler: materialising runs, catching up, reaping
+claims whose lease expired, posting notifications, and deleting finished runs past their
+retention (once a minute: their deletion need not be prompt).
 
 Each loop is one APScheduler job with `max_instances=1` and coalescing, so a slow pass is never
 run twice at once and missed firings collapse into one. `stop()` is idempotent and interrupts a
@@ -12,33 +13,49 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
+from apscheduler.events import EVENT_JOB_SUBMITTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ostinato.queues.catchup import skip_missed_runs
 from ostinato.queues.database import Database
 from ostinato.queues.leases import reap_expired
+from ostinato.queues.retention import Retention, purge_finished_runs
 from ostinato.scheduler.materialize import DEFAULT_POLICY, Policy, tick
+from ostinato.scheduler.metrics import Metrics
+from ostinato.scheduler.webhooks import WebhookPolicy, notify
 
 log = logging.getLogger(__name__)
+PURGE_INTERVAL = 60.0  # seconds between retention passes, at least
 
 
 class SchedulerLoops:
     def __init__(self, database: Database, *, interval: float = 2.0,
-                 policy: Policy = DEFAULT_POLICY) -> None:
+                 policy: Policy = DEFAULT_POLICY, metrics: Metrics | None = None,
+                 webhooks: WebhookPolicy | None = None, retention: Retention | None = None
+                 ) -> None:
         self.database = database
         self.policy = policy
+        self.webhooks = webhooks or WebhookPolicy()
+        self.retention = retention or Retention()
+        self.metrics = metrics
         self._stopping = threading.Event()
         self._jobs = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )
         now = datetime.now(UTC)
-        self._loops = (self.materialize, self.catch_up, self.reap)
+        self._loops = (self.materialize, self.catch_up, self.reap, self.notify, self.purge)
         for loop in self._loops:
-            self._jobs.add_job(_logged(loop), "interval", seconds=interval, next_run_time=now,
-                               id=loop.__name__)
+            every = max(interval, PURGE_INTERVAL) if loop == self.purge else interval
+            self._jobs.add_job(_logged(loop, metrics), "interval", seconds=every,
+                               next_run_time=now, id=loop.__name__)
+        if metrics:
+            self._jobs.add_listener(partial(_record_lag, metrics), EVENT_JOB_SUBMITTED)
 
     def start(self) -> None:
         self._jobs.start()
@@ -72,17 +89,34 @@ class SchedulerLoops:
     def reap(self) -> str | None:
         with self.database.write() as conn:
             returned, crashed = reap_expired(conn, datetime.now(UTC))
+        if self.metrics:
+            self.metrics.reaped(returned, crashed)
         if not (returned or crashed):
             return None
         return (f"leases expired: {returned} claimed runs back in their queues, {crashed} "
                 f"running runs crashed")
 
+    def notify(self) -> str | None:
+        """Post the documents notification rules call for (a slow receiver delays only this
+        loop)."""
+        return notify(self.database, self.webhooks, should_stop=self._stopping.is_set)
 
-def _logged(loop: Callable[[], str | None]) -> Callable[[], None]:
+    def purge(self) -> str | None:
+        """Delete finished runs past their retention, a few short batches at a time."""
+        done = purge_finished_runs(self.database, self.retention, datetime.now(UTC),
+                                   pause=self._stopping.wait)
+        if not done.runs_deleted:
+            return None
+        return (f"deleted {done.runs_deleted} runs finished before {done.cutoff:%Y-%m-%d %H:%M} "
+                f"UTC, with their logs and task runs, in {done.batches} batches")
+
+
+def _logged(loop: Callable[[], str | None], metrics: Metrics | None) -> Callable[[], None]:
     """A loop as a job: what it did is logged, and a failed pass is retried next interval."""
     def job() -> None:
         try:
-            done = loop()
+            with metrics.timing_pass(loop.__name__) if metrics else nullcontext():
+                done = loop()
         except Exception:
             log.exception("%s pass failed; retrying at the next interval", loop.__name__)
             return
@@ -91,3 +125,9 @@ def _logged(loop: Callable[[], str | None]) -> Callable[[], None]:
 
     job.__name__ = loop.__name__
     return job
+
+
+def _record_lag(metrics: Metrics, event: Any) -> None:
+    """How late APScheduler submitted a pass (to a thread pool with a free thread: it starts at
+    once): the time since the firing it was due at, the latest one if it coalesced several."""
+    metrics.started_late(event.job_id, datetime.now(UTC) - event.scheduled_run_times[-1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -129,16 +130,26 @@ def server(database: Database, tmp_path: Path) -> Iterator[RunningServer]:
 def server_process(database_url: str, tmp_path: Path) -> Iterator[str]:
     """`ostinato server start` in its own process on the test's database, without its
     scheduling loops; yields the API's URL."""
+    with server_subprocess(database_url, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def server_subprocess(database_url: str, folder: Path, *args: str,
+                      ca_bundle: Path | None = None) -> Iterator[str]:
+    """`ostinato server start ARGS` as `server_process` runs it, with its home and log in
+    `folder`; with `ca_bundle` (the CA of the certificate ARGS name) it serves HTTPS."""
     port = free_port()
     env = {**os.environ, "OSTINATO_DATABASE_URL": database_url, "OSTINATO_RUN_SCHEDULER": "false",
-           "OSTINATO_HOME": str(tmp_path / "home"), "OSTINATO_LOG_LEVEL": "warning"}
-    log = tmp_path / "server.log"
+           "OSTINATO_HOME": str(folder / "home"), "OSTINATO_LOG_LEVEL": "warning"}
+    log = folder / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "ostinato.cli.main", "server", "start",
-                                   "--port", str(port)], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}/api"
+                                   "--port", str(port), *args], env=env, stdout=out, stderr=out)
+    url = f"{'https' if ca_bundle else 'http'}://127.0.0.1:{port}/api"
     try:
-        _wait_for_health(url, server, log)
+        verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        _wait_for_health(url, server, log, verify)
         yield url
     finally:
         server.terminate()
@@ -157,12 +168,13 @@ def exit_status_after(process: subprocess.Popen[bytes], signum: int, timeout: fl
                              f"\n{log.read_text(errors='replace')}") from None
 
 
-def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path,
+                     verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert server.poll() is None, log.read_text()
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)

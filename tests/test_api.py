@@ -146,6 +146,17 @@ REFUSED = {
     "unknown parameter": ({"parameters": {"day": "today", "colour": "red"}}, "'colour'"),
     "bundle not uploaded": ({"bundle": "ab" * 32, "path": None}, "not been uploaded"),
     "unknown field": ({"colour": "red"}, "colour"),
+    # what an agent could not put in a process's environment, or would not need
+    "NUL in an env value": ({"env": {"KEY": f"a{NUL}b"}}, "env.KEY"),
+    "= in an env name": ({"env": {"A=B": "x"}}, "env.A=B"),
+    "env value over 32 KiB": ({"env": {"KEY": "x" * (32 * 1024 + 1)}}, "at most 32768"),
+    "over 200 env entries": ({"env": {f"K{n}": "v" for n in range(201)}}, "at most 200"),
+    "entrypoint over 1000": ({"entrypoint": "f" * 1000 + ".py:main"}, "entrypoint"),
+    "cron over 1000": ({"schedules": [{"kind": "cron", "cron": "0 " * 501}]}, "at most 1000"),
+    "rrule over 10000": ({"schedules": [{"kind": "rrule", "rrule": "X" * 10_001}]}, "10000"),
+    "timezone over 100": (
+        {"schedules": [{"kind": "cron", "cron": "0 2 * * *", "timezone": "T" * 101}]}, "100"),
+    "retry_on repeated": ({"retry_on": ["crash"] * 4}, "at most 3"),
 }
 
 
@@ -339,6 +350,72 @@ def test_malformed_requests_are_422(client: httpx.Client, path: str, params: Any
     detail(client.get(path, params=params), 422)
 
 
+def _held_run(client: httpx.Client) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run claimed by a registered agent, and the agent."""
+    ok(upsert(client, spec()))
+    ok(client.post("/work-queues", json={"name": "default"}), 201)
+    agent = ok(client.post("/agents", json={"name": "a", "host": "h", "queues": ["default"]}))
+    ok(client.post("/deployments/etl/nightly/runs", json={}), 201)
+    [run] = ok(client.post("/claims", json={"agent_id": agent["id"], "queues": ["default"]}))
+    return run, agent
+
+
+def test_numbers_past_what_the_store_holds_are_422_not_500(client: httpx.Client) -> None:
+    """Found by the fuzzer: SQLite raised OverflowError binding these (a 500)."""
+    run, agent = _held_run(client)
+    beyond = 2**63
+
+    refused = [
+        client.post(f"/flow-runs/{run['id']}/state",
+                    json={"state": "FAILED", "fencing_token": beyond}),
+        client.post(f"/flow-runs/{run['id']}/state", json={
+            "state": "RUNNING", "fencing_token": run["fencing_token"], "peak_rss_bytes": beyond}),
+        client.post(f"/agents/{agent['id']}/heartbeat",
+                    json={"runs": [{"id": run["id"], "fencing_token": beyond}]}),
+        client.get(f"/flow-runs/{run['id']}/logs", params={"after": beyond}),
+    ]
+
+    assert ["less than or equal to" in detail(response, 422) for response in refused] == [True] * 4
+    assert ok(client.get(f"/flow-runs/{run['id']}"))["state"] == "PENDING"
+
+
+def _unbounded_numbers(schema: dict[str, Any], where: str, components: dict[str, Any],
+                       seen: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Where `schema` lets a client send a number with no maximum."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        if name not in seen:
+            yield from _unbounded_numbers(components[name], where, components, seen | {name})
+        return
+    bounded = "maximum" in schema or "exclusiveMaximum" in schema
+    if schema.get("type") in ("integer", "number") and not bounded:
+        yield where
+    children = [(f"{where}.{name}", sub) for name, sub in schema.get("properties", {}).items()]
+    children += [(where, sub) for key in ("anyOf", "oneOf", "allOf") for sub in schema.get(key, [])]
+    children += [(f"{where}[]", schema[key]) for key in ("items", "additionalProperties")
+                 if isinstance(schema.get(key), dict)]
+    for place, sub in children:
+        yield from _unbounded_numbers(sub, place, components, seen)
+
+
+def test_every_number_a_client_sends_is_bounded(tmp_path: Path) -> None:
+    """A number past what a column holds fails in the database driver, as a 500; pydantic
+    refuses it first, with a 422, only if the schema bounds it."""
+    document = create_app(Settings(home=tmp_path)).openapi()
+    components = document["components"]["schemas"]
+    unbounded = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            where = f"{method.upper()} {path}"
+            for parameter in operation.get("parameters", []):
+                unbounded += _unbounded_numbers(parameter["schema"], f"{where} {parameter['name']}",
+                                                components)
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                unbounded += _unbounded_numbers(content.get("schema", {}), f"{where} body",
+                                                components)
+    assert unbounded == []
+
+
 # --- bundles -------------------------------------------------------------------------------------
 
 
@@ -370,6 +447,8 @@ def test_a_bundle_over_the_cap_is_413_and_not_stored(small_client: httpx.Client)
     for size in (1001, 50_000):
         content = os.urandom(size)
         assert "cap" in detail(small_client.put(f"/bundles/{sha(content)}", content=content), 413)
+        streamed = small_client.put(f"/bundles/{sha(content)}", content=iter([content]))  # chunked
+        assert "cap" in detail(streamed, 413)
         detail(small_client.get(f"/bundles/{sha(content)}/info"), 404)
 
     at_cap = os.urandom(1000)

@@ -103,23 +103,34 @@ def test_a_download_that_does_not_match_its_hash_is_refused_and_leaves_nothing(
     assert list((cache.root / ".pins").iterdir()) == []
 
 
-def hostile_archive() -> bytes:
+def hostile_archive(member: tarfile.TarInfo) -> bytes:
+    """flow.py, then `member` (a file of 3 bytes, or a link)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name in ("flow.py", "../escaped.py"):
-            info = tarfile.TarInfo(name)
-            info.size = 3
-            tar.addfile(info, io.BytesIO(b"x=1"))
+        for info in (tarfile.TarInfo("flow.py"), member):
+            info.size = 3 if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(b"x=1") if info.isreg() else None)
     return buffer.getvalue()
 
 
+def link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
 @SQLITE
-def test_an_archive_with_dotdot_members_is_refused_and_leaves_nothing(
-        server: RunningServer, client: Client, tmp_path: Path) -> None:
-    sha = upload(server, hostile_archive())
+@pytest.mark.parametrize(("member", "reason"), [
+    (tarfile.TarInfo("../escaped.py"), r"'\.\./escaped\.py' has a '\.\.' component"),
+    (link("lib", str(Path.home())), r"'lib' is a symbolic link"),
+])
+def test_an_archive_with_a_member_escaping_its_folder_is_refused_and_leaves_nothing(
+        server: RunningServer, client: Client, tmp_path: Path, member: tarfile.TarInfo,
+        reason: str) -> None:
+    sha = upload(server, hostile_archive(member))
     cache = BundleCache(tmp_path / "bundles", client)
 
-    with pytest.raises(InvalidInput, match=r"'\.\./escaped\.py' has a '\.\.' component"):
+    with pytest.raises(InvalidInput, match=reason):
         cache.path_for(sha)
     assert contents(cache.root) == set()
     assert not (tmp_path / "escaped.py").exists()

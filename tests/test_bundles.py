@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 import threading
 from collections.abc import Callable, Mapping
@@ -346,6 +347,10 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.T
         pytest.param(hostile((entry("../escape.py"), b"x")), "'..' component", id="dotdot"),
         pytest.param(hostile((entry("a/../../x"), b"x")), "'..' component", id="nested-dotdot"),
         pytest.param(hostile((entry("..\\x"), b"x")), "'..' component", id="backslash-dotdot"),
+        pytest.param(hostile((entry("C:/Windows/x.py"), b"x")), "absolute path", id="drive"),
+        pytest.param(hostile((entry("\\\\host\\share\\x"), b"x")), "absolute path", id="unc"),
+        pytest.param(hostile((entry("a/../..", tarfile.DIRTYPE), b"")), "'..' component",
+                     id="dotdot-directory"),
         pytest.param(
             hostile((entry("etc", tarfile.SYMTYPE, "/etc"), b"")),
             "'etc' is a symbolic link \\(to '/etc'\\)",
@@ -361,6 +366,14 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.T
         ),
         pytest.param(
             hostile((entry("pipe", tarfile.FIFOTYPE), b"")), "'pipe' is a fifo", id="fifo"
+        ),
+        pytest.param(
+            hostile((entry("disk", tarfile.BLKTYPE), b"")), "'disk' is a block device", id="blk"
+        ),
+        pytest.param(
+            hostile((entry("alias.py", tarfile.SYMTYPE, "ok.py"), b"")),
+            "'alias.py' is a symbolic link \\(to 'ok.py'\\)",
+            id="symlink-inside",
         ),
         pytest.param(
             hostile((entry("big.bin"), b"0" * 5000)),
@@ -425,3 +438,18 @@ def test_a_destination_whose_real_path_leaves_the_root_is_refused(tmp_path: Path
     with pytest.raises(InvalidInput, match="'sneaky/x' would be written outside"):
         bundles._target_inside(str(root), ("sneaky", "x"), "sneaky/x")
     assert bundles._target_inside(str(root), ("a", "x"), "a/x") == root / "a" / "x"
+
+
+ARCHIVE_READERS = re.compile(r"\b(extractall|extractfile|unpack_archive|zipfile|ZipFile|"
+                             r"tarfile\.open|TarFile)\b")
+
+
+def test_safe_extract_is_the_only_code_that_reads_archives() -> None:
+    """Every archive is unpacked by safe_extract: a second extractor would be a second place
+    to get the path, link and device checks right."""
+    root = Path(__file__).resolve().parent.parent
+    readers = sorted(path.relative_to(root).as_posix()
+                     for folder in ("agent", "cli", "deploy", "queues", "scheduler")
+                     for path in (root / folder).rglob("*.py")
+                     if ARCHIVE_READERS.search(path.read_text()))
+    assert readers == ["deploy/bundles.py"]

@@ -38,6 +38,7 @@ T = TypeVar("T")
 HEARTBEAT = 10.0  # the agent's default heartbeat interval
 LEASE = 30.0  # the server's default lease
 OUTAGE = 20.0  # within a lease even when it starts just after a heartbeat
+ADMIN_KEY = "network-loss-admin-key-" + "0" * 16
 SHORT_LEASE = 6.0  # the agent beats every third of the lease the server names
 QUEUE, AGENT = "net", "netagent"
 ENDED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -270,12 +271,13 @@ def _server(namespace: NetworkNamespace, home: Path, lease: float) -> Iterator[h
     """`ostinato server start` on the host end of the link (SQLite under `home`)."""
     port = _free_port(namespace.host_address)
     env = {**os.environ, "OSTINATO_HOME": str(home), "OSTINATO_LEASE_SECONDS": str(lease),
-           "OSTINATO_SCHEDULER_INTERVAL_SECONDS": "0.5"}
+           "OSTINATO_SCHEDULER_INTERVAL_SECONDS": "0.5", "OSTINATO_ADMIN_KEY": ADMIN_KEY}
     env.pop("OSTINATO_DATABASE_URL", None)
     home.mkdir()
     argv = _cli("server", "start", "--host", namespace.host_address, "--port", str(port))
     with _process(argv, home / "server.log", env) as server, httpx.Client(
-            base_url=f"http://{namespace.host_address}:{port}/api", timeout=10) as http:
+            base_url=f"http://{namespace.host_address}:{port}/api", timeout=10,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
         _wait(lambda: _answers(http, server, home / "server.log"), 60, "the server to start")
         yield http
 
@@ -305,7 +307,10 @@ def _deployed(namespace: NetworkNamespace, tmp_path: Path, lease: float) -> Iter
     work.mkdir()
     with _server(namespace, tmp_path / "server", lease) as http:
         _register(http, project)
-        env = {**os.environ, "OSTINATO_HOME": str(home), "OSTINATO_CANCEL_GRACE_SECONDS": "2"}
+        # The agent is not on the server's host: it needs a key, as agents on other VMs do.
+        key = http.post("/tokens", json={"name": AGENT, "scope": "agent", "queues": [QUEUE]})
+        env = {**os.environ, "OSTINATO_HOME": str(home), "OSTINATO_CANCEL_GRACE_SECONDS": "2",
+               "OSTINATO_API_KEY": key.raise_for_status().json()["key"]}
         argv = namespace.command(_cli("agent", "start", "-q", QUEUE, "--name", AGENT,
                                       "--api", str(http.base_url).rstrip("/"),
                                       "--drain-timeout", "1"))

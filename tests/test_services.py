@@ -92,7 +92,7 @@ def test_compose_file_passes_docker_compose_config() -> None:
     reason = _docker_compose()
     if reason:
         pytest.skip(reason)
-    env = {**os.environ, "POSTGRES_PASSWORD": "test"}
+    env = {**os.environ, "POSTGRES_PASSWORD": "test", "OSTINATO_ADMIN_KEY": "k" * 32}
     command = ["docker", "compose", "-f", str(SERVICES / "compose.yaml"), "config"]
     done = subprocess.run([*command, "--services"], capture_output=True, text=True, env=env,
                           timeout=30)
@@ -192,3 +192,56 @@ def test_the_image_healthcheck_probes_the_health_route() -> None:
     assert "/api/health" in create_app().openapi()["paths"]
     assert re.search(r"^HEALTHCHECK .*/api/health", _text("Dockerfile"),
                      re.MULTILINE | re.DOTALL)
+
+
+# --- (4) ostinato agent install-service ---------------------------------------------------------
+
+AGENT_UNIT = "ostinato-agent@.service"
+
+
+def _install_service(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": path if path is not None else os.environ["PATH"]}
+    return subprocess.run([_ostinato(), "agent", "install-service", *args], capture_output=True,
+                          text=True, env=env, timeout=30)
+
+
+def test_install_service_writes_the_template_running_this_ostinato(tmp_path: Path) -> None:
+    done = _install_service("-q", "etl", "-q", "etl-daily", "--unit-dir", str(tmp_path),
+                            "--no-enable")
+    assert done.returncode == 0, done.stderr
+    installed = (tmp_path / AGENT_UNIT).read_text()
+    assert installed == _text(AGENT_UNIT).replace(f"ExecStart={INSTALLED} ",
+                                                  f"ExecStart={_ostinato()} ")
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    # %i is the instance as written (only %I unescapes): `etl-daily` needs no systemd-escape.
+    verified = subprocess.run([analyze, "verify", "./ostinato-agent@etl-daily.service"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert verified.returncode == 0, verified.stderr
+    assert [line for line in verified.stderr.splitlines() if "ostinato" in line] == []
+
+
+def test_install_service_print_names_the_env_file_and_changes_nothing(tmp_path: Path) -> None:
+    done = _install_service("-q", "etl", "--unit-dir", str(tmp_path),
+                            "--env-file", "/srv/ostinato/agents.env", "--print")
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert re.findall(r"^EnvironmentFile=(.*)$", done.stdout, re.MULTILINE) == [
+        "/srv/ostinato/agents.env", "-/srv/ostinato/agent-%i.env"]
+    assert f"\nExecStart={_ostinato()} agent start -q %i " in done.stdout
+
+
+@pytest.mark.parametrize(("queue", "unit_dir", "enable", "named"), [
+    ("etl/nightly", ".", False, "not a work-queue name"),
+    ("etl", "missing", False, "cannot write"),
+    ("etl", ".", True, "systemctl not found"),  # the PATH given has no systemctl on it
+])
+def test_install_service_errors_are_one_line_and_write_nothing(
+        queue: str, unit_dir: str, enable: bool, named: str, tmp_path: Path) -> None:
+    done = _install_service("-q", queue, "--unit-dir", str(tmp_path / unit_dir),
+                            "--enable" if enable else "--no-enable", path=str(tmp_path))
+    assert done.returncode == 1, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], done.stderr
+    assert not (tmp_path / AGENT_UNIT).exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ostinato.agent.spool import RunLog
-from ostinato.deploy.limits import MAX_LOG_BATCH
+from ostinato.deploy.limits import MAX_BATCH_BYTES, MAX_LOG_BATCH
 
 
 def _line(n: int) -> dict[str, Any]:
@@ -33,6 +33,21 @@ def test_lines_leave_in_order_in_batches_and_the_file_empties(tmp_path: Path) ->
     assert spool.path.stat().st_size == 0
     spool.append(_line(7))
     assert _drain(spool) == ["line 0007"]
+
+
+def test_a_batch_stops_growing_past_its_byte_cap(tmp_path: Path) -> None:
+    """Long lines make fewer lines per batch, so an event batch stays far below the server's
+    cap on its body; `full` says lines were left for the next batch."""
+    spool = RunLog(tmp_path / "run.jsonl")
+    line = _line(0) | {"message": "x" * (MAX_BATCH_BYTES // 4)}
+    for _ in range(10):
+        spool.append(line)
+    sizes = []
+    while spool.pending:
+        lines, position = spool.batch()
+        sizes.append((len(lines), spool.full))
+        spool.sent(position)
+    assert sizes == [(4, True), (4, True), (2, False)]
 
 
 def test_an_unconfirmed_batch_is_sent_again(tmp_path: Path) -> None:

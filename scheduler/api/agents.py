@@ -26,7 +26,9 @@ from ostinato.deploy.settings import Settings
 from ostinato.queues import agents
 from ostinato.queues.claims import ClaimOutcome, acquire_runs
 from ostinato.queues.database import Database
+from ostinato.queues.tables import agents as agents_table
 from ostinato.scheduler.api.dependencies import DatabaseDep, NotifierDep, SettingsDep
+from ostinato.scheduler.auth import AgentCaller
 
 router = APIRouter(tags=["agents"])
 CONTENDED_RETRY_SECONDS = 0.02
@@ -38,8 +40,14 @@ def _online_for(settings: Settings) -> timedelta:
 
 
 @router.post("/agents", response_model=Agent)
-def register(body: AgentRegistration, database: DatabaseDep, settings: SettingsDep) -> Agent:
+def register(body: AgentRegistration, caller: AgentCaller, database: DatabaseDep,
+             settings: SettingsDep) -> Agent:
+    """Register (or refresh) an agent; an agent key may register only for its queues, and
+    only a name that is not registered for other queues."""
+    caller.require_queues(body.queues)
     with database.write() as conn:
+        if caller.limited_to_queues:
+            caller.require_queues(agents.registered_queues(conn, agents_table.c.name == body.name))
         return agents.register(conn, body, datetime.now(UTC), _online_for(settings))
 
 
@@ -50,20 +58,23 @@ def list_all(database: DatabaseDep, settings: SettingsDep) -> list[Agent]:
 
 
 @router.post("/agents/{agent_id}/heartbeat", response_model=HeartbeatReply)
-def heartbeat(agent_id: uuid.UUID, body: Heartbeat, database: DatabaseDep,
+def heartbeat(agent_id: uuid.UUID, body: Heartbeat, caller: AgentCaller, database: DatabaseDep,
               settings: SettingsDep) -> HeartbeatReply:
     """Renew the leases of the runs the agent holds; answer which to cancel and which it
     lost."""
     with database.write() as conn:
+        if caller.limited_to_queues:
+            caller.require_queues(agents.registered_queues(conn, agents_table.c.id == agent_id))
         return agents.heartbeat(conn, agent_id, body, now=datetime.now(UTC),
                                 lease=timedelta(seconds=settings.lease_seconds),
                                 cancel_grace=settings.cancel_grace_seconds)
 
 
 @router.post("/claims", response_model=list[ClaimedRun])
-async def claim(body: ClaimRequest, request: Request, database: DatabaseDep,
+async def claim(body: ClaimRequest, request: Request, caller: AgentCaller, database: DatabaseDep,
                 settings: SettingsDep, notifier: NotifierDep) -> list[ClaimedRun]:
     """Claim up to `limit` due runs; with `wait_seconds`, wait for some (a long poll)."""
+    caller.require_queues(body.queues)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
     prefetch = timedelta(seconds=body.prefetch_seconds)
@@ -71,7 +82,8 @@ async def claim(body: ClaimRequest, request: Request, database: DatabaseDep,
     baton = None
     while True:
         with notifier.waiter(queues, prefetch) as waiter:
-            outcome = await run_in_threadpool(_claim_once, database, body, settings)
+            with request.app.state.metrics.timing_claim():  # one attempt, not the wait
+                outcome = await run_in_threadpool(_claim_once, database, body, settings)
             if baton and len(outcome.runs) in (0, body.limit):  # not for us, or more left
                 notifier.pass_on(baton, waiter, found_nothing=not outcome.runs)
             left = deadline - loop.time()

@@ -11,6 +11,7 @@ from ostinato.deploy.errors import PayloadTooLarge
 from ostinato.deploy.schemas import BundleInfo
 from ostinato.queues import bundles
 from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep
+from ostinato.scheduler.auth import AgentsAllowed
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
 Sha256Path = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
@@ -30,7 +31,11 @@ async def upload(sha256: Sha256Path, request: Request, database: DatabaseDep,
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
-    """Read the body, refusing it as soon as it passes the cap rather than after buffering it."""
+    """Read the body, refusing it as soon as it passes the cap rather than after buffering it
+    (before reading any of it if its `Content-Length` already does)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"bundle is over the {cap}-byte cap")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -41,13 +46,13 @@ async def _read_capped(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.get("/{sha256}/info", response_model=BundleInfo)
+@router.get("/{sha256}/info", response_model=BundleInfo, dependencies=[AgentsAllowed])
 def info(sha256: Sha256Path, database: DatabaseDep) -> BundleInfo:
     with database.read() as conn:
         return bundles.info(conn, sha256)
 
 
-@router.get("/{sha256}", response_class=Response)
+@router.get("/{sha256}", response_class=Response, dependencies=[AgentsAllowed])
 def download(sha256: Sha256Path, database: DatabaseDep) -> Response:
     with database.read() as conn:
         data = bundles.content(conn, sha256)

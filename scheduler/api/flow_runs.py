@@ -9,13 +9,16 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy import Connection
 
+from ostinato.deploy.limits import MAX_BIGINT
 from ostinato.deploy.protocol import Explanation, LogRecord, RunEvents, StateReport
 from ostinato.deploy.schemas import FlowRun, StateRecord, TaskRun
 from ostinato.deploy.states import StateType
 from ostinato.queues import events, leases, logs, runs, task_runs
 from ostinato.queues.explain import explain as explain_run
 from ostinato.scheduler.api.dependencies import DatabaseDep, SettingsDep, as_utc, late_after
+from ostinato.scheduler.auth import AgentCaller, Caller
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
 
@@ -56,19 +59,29 @@ def history(run_id: uuid.UUID, database: DatabaseDep) -> list[StateRecord]:
 
 
 @router.post("/{run_id}/state", response_model=FlowRun)
-def report(run_id: uuid.UUID, body: StateReport, database: DatabaseDep) -> FlowRun:
+def report(run_id: uuid.UUID, body: StateReport, caller: AgentCaller,
+           database: DatabaseDep) -> FlowRun:
     """A holder reports the run's new state; 409 if its fencing token is stale."""
     with database.write() as conn:
+        _require_queue_of(conn, caller, run_id)
         return leases.report_state(conn, run_id, body, now=datetime.now(UTC))
 
 
 @router.post("/{run_id}/events", status_code=204)
-def add_events(run_id: uuid.UUID, body: RunEvents, database: DatabaseDep) -> None:
+def add_events(run_id: uuid.UUID, body: RunEvents, caller: AgentCaller,
+               database: DatabaseDep) -> None:
     """Store what the agent running the run sends about it: log lines and the latest snapshots
     of its task runs and subflow runs. Refused whole (422) if anything in it is not the run's
     or its subflow runs'."""
     with database.write() as conn:
+        _require_queue_of(conn, caller, run_id)
         events.add_events(conn, run_id, body, now=datetime.now(UTC))
+
+
+def _require_queue_of(conn: Connection, caller: Caller, run_id: uuid.UUID) -> None:
+    """An agent key touches only runs claimed through its queues."""
+    if caller.limited_to_queues:
+        caller.require_queues([runs.work_queue_of(conn, run_id)])
 
 
 @router.get("/{run_id}/task-runs", response_model=list[TaskRun])
@@ -89,7 +102,8 @@ def read_task_runs(
 def read_logs(
     run_id: uuid.UUID,
     database: DatabaseDep,
-    after: Annotated[int, Query(ge=0, description="only lines with a larger id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_BIGINT, description="only lines with a larger id")
+                     ] = 0,
     limit: Annotated[int, Query(ge=1, le=logs.MAX_LOG_PAGE)] = 1000,
 ) -> list[LogRecord]:
     """The run's log lines in order; pass the last id seen as `after` for the next page."""
