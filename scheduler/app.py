@@ -27,7 +27,7 @@ from ostinato.scheduler.api import (
     work_queues,
 )
 from ostinato.scheduler.api.dependencies import DatabaseDep
-from ostinato.scheduler.auth import Authorized, FailedAuthentications, announce
+from ostinato.scheduler.auth import Authorized, FailedAuthentications, Public, announce
 from ostinato.scheduler.body_limit import BodyLimit
 from ostinato.scheduler.loops import SchedulerLoops
 from ostinato.scheduler.metrics import Metrics
@@ -37,7 +37,7 @@ from ostinato.scheduler.webhooks import WebhookPolicy
 health = APIRouter(tags=["health"])
 
 
-@health.get("/health", response_model=Health)
+@health.get("/health", response_model=Health, dependencies=[Public])  # load balancers' probe
 def read_health(database: DatabaseDep) -> Health:
     with database.read() as conn:
         conn.exec_driver_sql("SELECT 1")
@@ -90,18 +90,19 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             if owned:
                 db.dispose()
 
+    # Every route passes `authorize` (the health probe is marked public), so none added later
+    # can be left open by mistake.
     app = FastAPI(title="Ostinato", version=version("ostinato"), lifespan=lifespan,
-                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
+                  dependencies=[Authorized])
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.failed_authentications = FailedAuthentications()
-    app.include_router(health, prefix="/api")  # open: load balancers probe it without a key
-    for router in (deployments.router, flow_runs.router, work_queues.router, bundles.router,
-                   agents.router, concurrency_limits.router, tokens.router,
+    for router in (health, deployments.router, flow_runs.router, work_queues.router,
+                   bundles.router, agents.router, concurrency_limits.router, tokens.router,
                    notifications.router):
-        app.include_router(router, prefix="/api", dependencies=[Authorized])
-    # At /metrics, where Prometheus looks by default; read keys may scrape it.
-    app.include_router(metrics_router, dependencies=[Authorized])
+        app.include_router(router, prefix="/api")
+    app.include_router(metrics_router)  # at /metrics, where Prometheus looks by default
     errors.install(app)
     app.add_middleware(BodyLimit)  # caps every body before a route parses it
     return app

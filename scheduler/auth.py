@@ -1,10 +1,11 @@
 """Who is calling, and may they (DESIGN.md §8)?
 
-Every route of the API, the metrics and the UI passes `authorize`. The rule is by default safe:
-reading (GET) needs a `read` or `admin` key, anything else an `admin` key. A route that agents
-call says so by depending on `agent_caller` (or `AgentsAllowed`); an `agent` key may call those
-routes only, and the route checks that what it touches is in the key's queues. `AdminOnly`
-keeps a read route (the key list) from `read` keys.
+Every route of the app passes `authorize`, an app-wide dependency, unless marked `Public` (the
+health probe). The rule is safe by default: reading (GET) needs a `read` or `admin` key,
+anything else an `admin` key. A route that agents call says so by depending on `agent_caller`
+(or `AgentsAllowed`); an `agent` key may call those routes only, and the route checks that what
+it touches is in the key's queues. `AdminOnly` keeps a read route (the key list, webhook rules)
+from `read` keys. The OpenAPI document and its page are not routes of ours: they need no key.
 
 A server with no key configured — none in the database and no `OSTINATO_ADMIN_KEY` — serves
 clients on its own host only, as admins, and refuses everyone else.
@@ -152,13 +153,18 @@ def agent_caller(request: Request) -> Caller:
     return caller
 
 
-def admin_only(request: Request) -> None:
+def admin_only() -> None:
     """Marks a read route that `read` keys may not use (the list of keys)."""
+
+
+def public() -> None:
+    """Marks a route anyone may call, without a key (the health probe)."""
 
 
 AgentCaller = Annotated[Caller, Depends(agent_caller)]
 AgentsAllowed = Depends(agent_caller)
 AdminOnly = Depends(admin_only)
+Public = Depends(public)
 
 
 def _route_marks(request: Request) -> set[object]:
@@ -170,11 +176,13 @@ def _route_marks(request: Request) -> set[object]:
 
 def authorize(request: Request) -> None:
     """Authenticate the caller and check its scope against the route (see the module doc)."""
+    marks = _route_marks(request)
+    if public in marks:
+        return
     caller = _authenticate(request)
     request.state.caller = caller
     if caller.scope is Scope.ADMIN:
         return
-    marks = _route_marks(request)
     if caller.scope is Scope.AGENT and agent_caller in marks:
         return
     if caller.scope is Scope.READ and request.method in READ_METHODS and admin_only not in marks:

@@ -227,6 +227,7 @@ def test_a_keyless_server_serves_only_its_own_host(server: RunningServer) -> Non
     assert remote.status_code == 401
     assert "serves only clients on its own host" in remote.json()["detail"]
     assert _remote_client(server).get("/health").status_code == 200
+    assert _remote_client(server).get("/openapi.json").status_code == 200
 
 
 def test_once_a_key_exists_the_servers_own_host_needs_one_too(
