@@ -32,6 +32,8 @@ from ostinato.scheduler.body_limit import BodyLimit
 from ostinato.scheduler.loops import SchedulerLoops
 from ostinato.scheduler.metrics import Metrics
 from ostinato.scheduler.metrics import router as metrics_router
+from ostinato.scheduler.ui import dashboard, fleet, pages, runs
+from ostinato.scheduler.ui import deployments as deployment_pages
 from ostinato.scheduler.webhooks import WebhookPolicy
 
 health = APIRouter(tags=["health"])
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                    notifications.router):
         app.include_router(router, prefix="/api")
     app.include_router(metrics_router)  # at /metrics, where Prometheus looks by default
+    pages.install(app, dashboard.router, deployment_pages.router, fleet.router, runs.router)
     errors.install(app)
     app.add_middleware(BodyLimit)  # caps every body before a route parses it
     return app

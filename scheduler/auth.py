@@ -117,27 +117,43 @@ def keys_configured(database: Database, settings: Settings) -> bool:
         return any_active_key(conn, datetime.now(UTC))
 
 
-def _bearer(request: Request) -> str | None:
+KEY_COOKIE = "ostinato_key"  # the web UI's key: HTTP-only, same-site (see scheduler.ui.pages)
+
+
+def _presented_key(request: Request) -> str | None:
+    """The bearer token, else the UI's cookie: a browser sends the cookie only with requests
+    from the UI's own pages (SameSite=Strict), so other sites cannot act with it."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.cookies.get(KEY_COOKIE) or None
 
 
 def _authenticate(request: Request) -> Caller:
-    database: Database = request.app.state.database
+    key = _presented_key(request)
+    if key is not None:
+        return authenticate_key(request, key)
+    if keys_configured(request.app.state.database, request.app.state.settings):
+        raise Unauthorized(NEEDS_A_KEY)
+    if not is_loopback(_address(request)):
+        raise Unauthorized(LOOPBACK_ONLY)
+    return LOCAL_ADMIN
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def authenticate_key(request: Request, key: str) -> Caller:
+    """The caller a key stands for; Unauthorized (counted against the address) if none."""
     settings: Settings = request.app.state.settings
     failures: FailedAuthentications = request.app.state.failed_authentications
-    address = request.client.host if request.client else ""
-    key = _bearer(request)
-    if key is None:
-        if keys_configured(database, settings):
-            raise Unauthorized(NEEDS_A_KEY)
-        if not is_loopback(address):
-            raise Unauthorized(LOOPBACK_ONLY)
-        return LOCAL_ADMIN
+    address = _address(request)
     failures.check(address)
     admin_key = settings.admin_key
     if admin_key is not None and hmac.compare_digest(key, admin_key.get_secret_value()):
         return LOCAL_ADMIN
+    database: Database = request.app.state.database
     with database.read() as conn:
         row = verify_key(conn, key, datetime.now(UTC))
     if row is None:

@@ -295,3 +295,24 @@ def test_bad_token_requests_are_one_line_errors_and_make_nothing(server: Running
     assert_user_error(cli(server.url, "token", "create", "--scope", "root"), "scope")
     with server.database.read() as conn:
         assert api_keys.list_keys(conn, datetime.now(UTC)) == []
+
+
+def test_the_ui_login_keeps_the_key_in_a_strict_http_only_cookie(
+        server: RunningServer, keys: Keys) -> None:
+    root = server.url.removesuffix("/api")
+    with httpx.Client(base_url=root, follow_redirects=False) as browser:
+        wrong = browser.post("/login", data={"key": "ost_0_wrong", "next": "/runs"})
+        assert wrong.status_code == 401
+        assert "the API key is unknown, expired or revoked" in wrong.text
+        assert "ostinato_key" not in browser.cookies
+        elsewhere = browser.post("/login", data={"key": keys.read, "next": "//evil.example/"})
+        assert elsewhere.headers["location"] == "/"
+        logged_in = browser.post("/login", data={"key": keys.read, "next": "/runs?state=FAILED"})
+        assert (logged_in.status_code, logged_in.headers["location"]) == (303,
+                                                                          "/runs?state=FAILED")
+        cookie = logged_in.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        assert browser.get("/api/work-queues").status_code == 200  # the cookie is the key
+        assert browser.post("/api/work-queues", json={"name": "q"}).status_code == 403  # read
+        browser.post("/logout")
+        assert browser.get("/api/work-queues").status_code == 401
