@@ -1,11 +1,16 @@
 """What the benchmark scripts share: a fresh database per backend (SQLite in a temporary folder,
 PostgreSQL in a fresh schema), a real `ostinato server start` on a free port, waited for and
 stopped, percentiles, the machine's description, and the sections of docs/benchmarks.md. Scripts
-run as `python tests/benchmarks/NAME.py`, so this folder is on their import path."""
+run as `python tests/benchmarks/NAME.py`, so this folder is on their import path.
+
+OSTINATO_BENCHMARK_DOCS names another file for the sections to go to: `run_all.py --quick`
+points it at a copy, so a smoke run exercises every `--write-docs` without touching the real
+figures."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,14 +25,15 @@ from typing import IO, Any, TypeVar
 
 import httpx
 import psutil
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from ostinato.queues.database import Database, connect
 from ostinato.queues.migrate import upgrade
 
 T = TypeVar("T")
 SERVER = (sys.executable, "-m", "ostinato.cli.main", "server", "start")
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = Path(os.environ.get("OSTINATO_BENCHMARK_DOCS") or ROOT / "docs" / "benchmarks.md")
 
 
 def free_port() -> int:
@@ -104,7 +110,7 @@ def sqlite_url() -> Iterator[str]:
 def postgres_url(base: str) -> Iterator[str]:
     """A fresh schema of `base`, dropped afterwards (as tests/conftest.py does)."""
     schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
+    admin = admin_engine(base)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in base else "?"
@@ -114,6 +120,21 @@ def postgres_url(base: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def admin_engine(base: str) -> Engine:
+    """An engine on `base` itself, with the driver the store uses."""
+    return create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def postgres_version(base: str) -> str:
+    """The server's `SHOW server_version`, for the machine's description."""
+    engine = admin_engine(base)
+    try:
+        with engine.connect() as conn:
+            return str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+    finally:
+        engine.dispose()
 
 
 def backend_urls(backend: str, postgres: str | None
@@ -185,9 +206,21 @@ def revision() -> str:
     """The checked-out commit, marked `+changes` when tracked files differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=DOCS.parent).stdout.strip()
+                              cwd=ROOT).stdout.strip()
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 min load averages: how busy the rest of the machine was."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def machine_line(m: Mapping[str, Any]) -> str:
+    """`machine()` in one line, with the PostgreSQL version when the caller added it."""
+    postgresql = f", PostgreSQL {m['postgresql']}" if m.get("postgresql") else ""
+    return (f"Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']}, {m['memory_gb']} GB memory, "
+            f"Python {m['python']}{postgresql}; code at {m['commit']}.")
 
 
 Rows = Sequence[tuple[str, str, Sequence[str]]]  # label, target, dotted paths into the figures
@@ -195,9 +228,7 @@ Rows = Sequence[tuple[str, str, Sequence[str]]]  # label, target, dotted paths i
 
 def table(report: dict[str, Any], command: str, rows: Rows) -> str:
     """The command, the machine, and one row per measure with a column per backend."""
-    m = report["machine"]
-    lines = [f"Command: `{command}`  ", f"Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']}, "
-             f"{m['memory_gb']} GB memory, Python {m['python']}; code at {m['commit']}.", "",
+    lines = [f"Command: `{command}`  ", machine_line(report["machine"]), "",
              "| measure | target | " + " | ".join(report["results"]) + " |",
              "|---|---|" + "---|" * len(report["results"])]
     for label, target, paths in rows:
@@ -219,13 +250,32 @@ def _cell(figures: Any, path: str) -> str:
 
 def write_section(title: str, section: str, path: Path = DOCS) -> None:
     """Replace the "## {title}" section of `path` with `section` (which starts with that
-    heading), keeping every other section."""
-    content = path.read_text() if path.exists() else DOCS_INTRO
-    head, found, rest = content.partition(f"## {title}\n")
-    following = rest.find("\n## ") if found else -1
-    tail = rest[following + 1:] if following >= 0 else ""
-    parts = [head.rstrip("\n"), section.rstrip("\n"), tail.rstrip("\n")]
-    path.write_text("\n\n".join(part for part in parts if part) + "\n")
+    heading), or add it at the end, keeping every other section."""
+    preamble, sections = split_sections(read_docs(path))
+    sections[title] = section
+    _write(path, preamble, sections)
+
+
+def write_preamble(preamble: str, path: Path = DOCS) -> None:
+    """Replace what comes before the first section of `path`, keeping every section."""
+    _, sections = split_sections(read_docs(path))
+    _write(path, preamble, sections)
+
+
+def read_docs(path: Path = DOCS) -> str:
+    return path.read_text() if path.exists() else DOCS_INTRO
+
+
+def split_sections(content: str) -> tuple[str, dict[str, str]]:
+    """The text before the first "## " heading, and each section from its heading on, by
+    title: each script owns one section, and rewriting it must leave the others alone."""
+    preamble, *sections = re.split(r"^(?=## )", content, flags=re.MULTILINE)
+    return preamble, {section.split("\n", 1)[0][3:].strip(): section for section in sections}
+
+
+def _write(path: Path, preamble: str, sections: Mapping[str, str]) -> None:
+    parts = [preamble, *sections.values()]
+    path.write_text("\n\n".join(part.rstrip("\n") for part in parts if part.strip()) + "\n")
 
 
 DOCS_INTRO = """\

@@ -42,7 +42,16 @@ from typing import Any
 
 import httpx
 from claims import BULK, agent_body, claim_body, insert_due, ms, ok, prepare
-from harness import backend_urls, machine, on_database, percentile, server, table, write_section
+from harness import (
+    backend_urls,
+    load_average,
+    machine,
+    on_database,
+    percentile,
+    server,
+    table,
+    write_section,
+)
 from sqlalchemy import event, insert
 
 from ostinato.deploy.schemas import WorkQueueFilter, WorkQueueSpec
@@ -313,10 +322,6 @@ def arguments() -> argparse.Namespace:
     if 2 * args.purge_runs > args.old_runs:
         parser.error("--old-runs must hold twice --purge-runs")
     return args
-
-
-def load_average() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def backends(args: argparse.Namespace) -> Iterator[tuple[str, Json]]:

@@ -253,6 +253,14 @@ the same load on a server with its loops off, for comparison.
 """
 
 
+NOTES = """\
+Earlier figures (55.1 s on SQLite, 60–66 s on PostgreSQL) came from a slower VM (Intel Xeon);
+on a 2-CPU AMD EPYC VM the PostgreSQL first materialisation took 29.1 s before COPY stopped
+sending the columns every run of a batch shares (55ccbbe) and 25.8–26.8 s after it (same
+command, `--backend postgresql`).
+"""
+
+
 def profiles(report: dict[str, Any]) -> str:
     blocks = [f"Profile of one first tick over {figures['profile']['deployments']} deployments "
               f"on {name} (top 15 by cumulative time):\n\n```\n"
@@ -263,7 +271,8 @@ def profiles(report: dict[str, Any]) -> str:
 
 def write_docs(report: dict[str, Any], command: str, path: Path = DOCS) -> None:
     """Replace the "## Scheduler" section of `path`, keeping every other section."""
-    parts = [f"## Scheduler\n\n{SECTION_INTRO}", table(report, command, ROWS), profiles(report)]
+    parts = [f"## Scheduler\n\n{SECTION_INTRO}", table(report, command, ROWS), NOTES,
+             profiles(report)]
     write_section("Scheduler", "\n\n".join(part.rstrip("\n") for part in parts if part), path)
 
 
