@@ -164,6 +164,8 @@ class FlowRunRow(Base):
         UniqueConstraint("deployment_id", "schedule_slug", "nominal_time"),
         Index("ix_flow_runs_state_scheduled_time", "state", "scheduled_time"),
         Index("ix_flow_runs_deployment_id_scheduled_time", "deployment_id", "scheduled_time"),
+        # Lists of runs, newest first, however filtered (UI, `flow-run ls`): read in this order.
+        Index("ix_flow_runs_scheduled_time", "scheduled_time"),
         # Partial: new runs have none of these, so creating them touches none of the indexes.
         *(Index(f"ix_flow_runs_{name}", name, postgresql_where=text(f"{name} IS NOT NULL"),
                 sqlite_where=text(f"{name} IS NOT NULL"))
