@@ -41,6 +41,7 @@ from ostinato.deploy.client import Client
 from ostinato.deploy.errors import (
     TRANSIENT_ERRORS,
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     OstinatoError,
@@ -316,8 +317,11 @@ class Agent:
             log.warning("could not prune the bundle cache", exc_info=True)
 
     def _until(self, moment: datetime) -> None:
-        """A run claimed early (prefetch) starts at its scheduled instant."""
-        delay = (moment - datetime.now(UTC)).total_seconds()
+        """A run claimed early (prefetch) starts at its scheduled instant, by this host's clock,
+        but never waits longer than `prefetch` after its claim: the server hands out runs due
+        within `prefetch` by *its* clock, so a longer wait only means this clock is behind, and
+        would start the run late by as much (holding its slot meanwhile)."""
+        delay = min((moment - datetime.now(UTC)).total_seconds(), self.options.prefetch)
         if delay > 0:
             self._stopping.wait(delay)
 
@@ -411,14 +415,15 @@ class Agent:
                 until: threading.Event | None = None, **outcome: Any) -> dict[str, Any] | None:
         """Tell the server the run's new state, as of `at` (default now), until it has it.
         None if the run is no longer this agent's (refused: taken back, perhaps claimed
-        elsewhere) or the agent gave up first."""
+        elsewhere; with an agent key, a run taken back and retried is in no queue of the key
+        any more, 403) or the agent gave up first."""
         body = {"state": state, "fencing_token": held.token, "reason": reason,
                 "message": message, "time": (at or datetime.now(UTC)).isoformat(), **outcome}
         try:
             reply: dict[str, Any] = self._retrying(
                 lambda: self.client.post(held.path + "/state", body, timeout=CONTROL_TIMEOUT),
                 until=until or self._done, what=f"reporting {state} for {held.run['name']}")
-        except (Conflict, NotFound) as exc:
+        except (Conflict, NotFound, Forbidden) as exc:
             log.warning("report %s for %s refused: %s", state, held.run["name"], exc)
             held.stop_reason = "lost"
             return None

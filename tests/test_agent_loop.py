@@ -150,6 +150,25 @@ def test_a_run_cancelled_while_it_waits_for_its_time_never_starts(server: Runnin
     assert run["start_time"] is None
 
 
+class _ClockBehind(datetime):
+    """The agent's idea of now, a minute behind the server's (a host whose NTP broke)."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> _ClockBehind:
+        return super().now(tz) - timedelta(minutes=1)
+
+
+def test_an_agent_whose_clock_is_behind_starts_a_due_run_at_once(
+        server: RunningServer, project: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ostinato.agent.loop.datetime", _ClockBehind)
+    started = time.monotonic()
+    with serving_agent(server, tmp_path):  # no prefetch: whatever it claims is due now
+        run = ended(server, start_run(server, "add/d", a=1), timeout=30)
+    assert run["state"] == "COMPLETED"
+    assert time.monotonic() - started < 15, "it waited for its own clock to reach the run"
+
+
 def test_agent_start_once_runs_what_is_due_and_exits(server: RunningServer, project: Path,
                                                      tmp_path: Path) -> None:
     run_id = start_run(server, "add/d", a=1)
