@@ -421,7 +421,8 @@ class Agent:
                 "message": message, "time": (at or datetime.now(UTC)).isoformat(), **outcome}
         try:
             reply: dict[str, Any] = self._retrying(
-                lambda: self.client.post(held.path + "/state", body, timeout=CONTROL_TIMEOUT),
+                lambda: self.client.post(held.path + "/state", _sent_now(body),
+                                         timeout=CONTROL_TIMEOUT),
                 until=until or self._done, what=f"reporting {state} for {held.run['name']}")
         except (Conflict, NotFound, Forbidden) as exc:
             log.warning("report %s for %s refused: %s", state, held.run["name"], exc)
@@ -431,6 +432,12 @@ class Agent:
             log.error("report %s for %s not delivered: %s", state, held.run["name"], exc)
             return None
         return reply
+
+
+def _sent_now(report: dict[str, Any]) -> dict[str, Any]:
+    """The report stamped with this clock as it goes out, so the server can correct its time
+    for this clock's error (each retry is stamped anew)."""
+    return {**report, "sent": datetime.now(UTC).isoformat()}
 
 
 def _on_event(held: _Held, event: dict[str, Any]) -> None:

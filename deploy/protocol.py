@@ -101,14 +101,17 @@ class StateReport(Strict):
     """A holder's report of a run's new state; refused with 409 if `fencing_token` is stale.
 
     `time` is when the change happened on the agent: a report delayed by a network outage still
-    records the true start or end (never later than its arrival). The process fields describe
-    how a finished run's process tree ended and what it used."""
+    records the true start or end (never later than its arrival). `sent` is the agent's clock
+    as it sent this attempt of the report: the server moves `time` by how far that is from its
+    own clock, so an agent's skewed clock does not skew the run's times. The process fields
+    describe how a finished run's process tree ended and what it used."""
 
     state: StateType
     fencing_token: FencingToken
     reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}$")] | None = None
     message: Message | None = None
     time: AwareDatetime | None = None
+    sent: AwareDatetime | None = None
     result: JsonValue = None
     exit_code: Annotated[int, Field(ge=0, le=255)] | None = None
     exit_signal: Annotated[int, Field(ge=1, le=128)] | None = None

@@ -63,9 +63,9 @@ def report_state(conn: Connection, run_id: uuid.UUID, report: StateReport, *, no
 
 def _columns(report: StateReport, held: Any, now: datetime) -> dict[str, Any]:
     """The run's columns after the report. Times come from the agent (a report held up by an
-    outage keeps the true time), bounded by the server's clock: never in the future, and an
-    end never before the start."""
-    moment = min(report.time, now) if report.time else now
+    outage keeps the true time), on the server's clock, bounded by it: never in the future, and
+    an end never before the start."""
+    moment = min(_on_server_clock(report, now), now)
     if report.state is S.RUNNING:
         return {"start_time": moment}
     if report.state is S.SCHEDULED:
@@ -74,6 +74,16 @@ def _columns(report: StateReport, held: Any, now: datetime) -> dict[str, Any]:
         moment = max(moment, held.start_time)
     return {"end_time": moment, "lease_expires": None,
             **{name: getattr(report, name) for name in runs.OUTCOME_FIELDS}}
+
+
+def _on_server_clock(report: StateReport, now: datetime) -> datetime:
+    """The report's time moved by the agent's clock error as the report arrived (its `sent`
+    against `now`: the transit time, milliseconds, counts as error too)."""
+    if report.time is None:
+        return now
+    if report.sent is None:
+        return report.time
+    return report.time + (now - report.sent)
 
 
 def _reason(report: StateReport, held: Any) -> str | None:

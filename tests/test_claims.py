@@ -459,6 +459,24 @@ def test_a_holder_reports_running_then_completed_with_its_token(store: Store,
         ("COMPLETED", "Completed")]
 
 
+def test_report_times_are_moved_onto_the_servers_clock(store: Store, agent_id: uuid.UUID
+                                                       ) -> None:
+    """An agent 30 s behind reports a start 5 s before it sends the report, which arrives at
+    NOW: the run started at NOW - 5 s by the server's clock, not NOW - 35 s. Without `sent`, a
+    time is taken as it is; either way never later than the report's arrival."""
+    store.run(store.deploy(), NOW - MINUTE)
+    claimed = store.claim_one(agent_id)
+    behind = NOW - 30 * SECOND
+    running = store.report(claimed, S.RUNNING, time=behind - 5 * SECOND, sent=behind)
+    assert running.start_time == NOW - 5 * SECOND
+    ahead = NOW + 30 * SECOND
+    done = store.report(claimed, S.COMPLETED, now=NOW + SECOND, time=ahead - SECOND, sent=ahead)
+    assert done.end_time == NOW
+    store.run(store.deploy("other"), NOW - MINUTE)
+    unstamped = store.report(store.claim_one(agent_id), S.RUNNING, time=behind)
+    assert unstamped.start_time == behind
+
+
 def test_a_stale_token_is_refused_and_changes_nothing(store: Store, agent_id: uuid.UUID) -> None:
     run_id = store.run(store.deploy(), NOW - MINUTE)
     lost = store.claim_one(agent_id)

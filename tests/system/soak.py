@@ -16,8 +16,7 @@ agent cut off for two leases; PostgreSQL crashed for 3 s; an agent restarted wit
 ahead or behind. The schedules stop about 90 s before `--minutes` are up; the drain takes at
 most 60 s. It then checks every invariant (tests/system/invariants.py) and prints a JSON summary
 of the faults injected and what each invariant found; the exit status is 0 if all held. Logs
-and markers stay in the folder it names on stderr. (Until the server stops trusting report times
-from the past, "true times recorded" fails once an agent's clock was put behind: a known bug.)
+and markers stay in the folder it names on stderr.
 """
 
 from __future__ import annotations

@@ -79,15 +79,12 @@ def _budget(outage: float = 0) -> Budget:
 
 
 def _played(name: str, cluster: Cluster, workload: Workload, budget: Budget,
-            script: Callable[[], None], known_bug: tuple[str, str] | None = None) -> Report:
+            script: Callable[[], None]) -> Report:
     """Run the scenario; print its report; fail with it and the logs' ends unless every
-    invariant held. `known_bug` (invariant, why) is a bug not fixed yet: the test is an
-    expected failure while that invariant alone fails, and passes once it is fixed."""
+    invariant held."""
     report = run(name, cluster, workload, budget, script)
     print(report.json())
     failing = {invariant for invariant, found in report.problems.items() if found}
-    if known_bug and failing == {known_bug[0]}:
-        pytest.xfail(f"known bug: {known_bug[1]}")
     assert not failing, f"{report.json()}\n{cluster.tail()}"
     return report
 
@@ -185,10 +182,7 @@ def test_agents_with_clocks_ahead_and_behind_run_everything_on_time(cluster: Clu
                                              1: faults.skewed_clock(-SKEW)})
     cluster.record("clock skew", target="agent-0", seconds=SKEW)
     cluster.record("clock skew", target="agent-1", seconds=-SKEW)
-    _played("clock skew", cluster, workload, _budget(), lambda: None, known_bug=(
-        "true times recorded", "an agent whose clock is behind has its runs recorded as "
-        "started and ended that much early: the server takes past times from reports as they "
-        "are (it bounds them by its clock only from above)"))
+    _played("clock skew", cluster, workload, _budget(), lambda: None)
 
 
 def test_sqlite_on_a_full_disk_recovers_once_there_is_room(tmp_path: Path) -> None:
