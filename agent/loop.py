@@ -413,12 +413,15 @@ class Agent:
     def _report(self, held: _Held, state: str, reason: str | None = None,
                 message: str | None = None, *, at: datetime | None = None,
                 until: threading.Event | None = None, **outcome: Any) -> dict[str, Any] | None:
-        """Tell the server the run's new state, as of `at` (default now), until it has it.
-        None if the run is no longer this agent's (refused: taken back, perhaps claimed
-        elsewhere; with an agent key, a run taken back and retried is in no queue of the key
-        any more, 403) or the agent gave up first."""
+        """Tell the server the run's new state, as of `at` (default: as each attempt goes out,
+        so a RUNNING report held up by an outage, which the launch waits for, records when the
+        run really started), until it has it. None if the run is no longer this agent's
+        (refused: taken back, perhaps claimed elsewhere; with an agent key, a run taken back and
+        retried is in no queue of the key any more, 403) or the agent gave up first."""
         body = {"state": state, "fencing_token": held.token, "reason": reason,
-                "message": message, "time": (at or datetime.now(UTC)).isoformat(), **outcome}
+                "message": message, **outcome}
+        if at is not None:
+            body["time"] = at.isoformat()
         try:
             reply: dict[str, Any] = self._retrying(
                 lambda: self.client.post(held.path + "/state", _sent_now(body),
@@ -436,8 +439,10 @@ class Agent:
 
 def _sent_now(report: dict[str, Any]) -> dict[str, Any]:
     """The report stamped with this clock as it goes out, so the server can correct its time
-    for this clock's error (each retry is stamped anew)."""
-    return {**report, "sent": datetime.now(UTC).isoformat()}
+    for this clock's error (each retry is stamped anew); a report without a time of its own is
+    about now."""
+    sent = datetime.now(UTC).isoformat()
+    return {"time": sent, **report, "sent": sent}
 
 
 def _on_event(held: _Held, event: dict[str, Any]) -> None:

@@ -8,13 +8,14 @@ queue until claimed again, and the key may not touch it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ostinato.agent.cache import BundleCache
-from ostinato.agent.loop import Agent, AgentOptions, _Held
+from ostinato.agent.loop import Agent, AgentOptions, _Held, _sent_now
 from ostinato.agent.spool import RunLog
 from ostinato.deploy.client import Client
 
@@ -35,3 +36,14 @@ def test_a_refused_report_makes_the_run_lost(status: int, tmp_path: Path) -> Non
         held.log.close()
     assert (reply, held.stop_reason) == (None, "lost")
     assert sent == ["/api/flow-runs/r1/state"], "a refused report is not sent again"
+
+
+def test_each_attempt_of_a_report_is_stamped_and_a_report_without_a_time_is_about_then() -> None:
+    """A RUNNING report retried through an outage (the launch waits for it) says the run
+    started when the attempt that got through went out, not when the first one did."""
+    first = _sent_now({"state": "RUNNING"})
+    time.sleep(0.01)
+    later = _sent_now({"state": "RUNNING"})
+    assert first["time"] == first["sent"] < later["time"] == later["sent"]
+    ended = _sent_now({"state": "COMPLETED", "time": "2030-01-01T00:00:00+00:00"})
+    assert ended["time"] == "2030-01-01T00:00:00+00:00" != ended["sent"]
