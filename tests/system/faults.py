@@ -65,9 +65,14 @@ def kill_agent(cluster: Cluster, agent: Agent, markers: Path) -> None:
 
 def kill_flow(cluster: Cluster, markers: Path, deployment: str = "") -> None:
     """kill -9 one flow's process while it runs (one of `deployment`'s if given); its agent
-    lives on."""
-    victim = running_flows(cluster, markers, deployment=deployment)[0]
-    os.kill(victim.pid, signal.SIGKILL)
+    lives on. A flow that ends between its marker's reading and the kill is passed over."""
+    while True:
+        victim = running_flows(cluster, markers, deployment=deployment)[0]
+        try:
+            os.kill(victim.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        break
     cluster.record("kill -9 flow", target=victim.run_id, attempt=victim.attempt,
                    deployment=victim.deployment, agent=victim.agent)
 
